@@ -1,0 +1,271 @@
+"""Live multi-turn tool episodes over the BFCL API classes, scored the way BFCL scores them.
+
+A task is a list of user turns plus a ground truth (tool calls per turn). An episode holds two sets of
+live API instances loaded from the task's initial config: the model's, driven by the calls it makes, and
+the ground truth's, driven by the reference calls turn by turn. At the end of each user turn the two are
+compared (BFCL's state check and response check), so scoring costs one turn of execution, never a replay.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import json
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from typing import Any
+
+from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING, STATELESS_CLASSES
+
+from rollout.config import RewardConfig
+from rollout.types import FormatError, ToolCall
+
+@cache
+def api_class(name: str) -> type:
+    return getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[name]), name)
+
+
+@dataclass
+class Task:
+    """One multi-turn task. ``turns[i]`` are the user messages of turn i; ``ground_truth[i]`` its calls."""
+
+    id: str
+    env: str
+    category: str
+    turns: list[list[str]]
+    ground_truth: list[list[ToolCall]]
+    classes: list[str]
+    initial_config: dict[str, Any]
+    tools: list[dict]  # JSON-Schema function specs visible from the first turn
+    revealed_tools: dict[int, list[dict]] = field(default_factory=dict)  # turn -> specs that appear then
+    long_context: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TurnCheck:
+    passed: bool
+    reason: str | None = None  # why the turn failed, for humans and for supervision signals
+
+
+@dataclass
+class EpisodeResult:
+    success: bool
+    reward: float
+    turns_passed: int
+    turns: int
+    first_failed_turn: int | None
+    failure: str | None
+    format_errors: int
+    turn_checks: list[TurnCheck]
+
+
+def result_text(value: Any) -> str:
+    """A tool result as the model (and BFCL's response check) sees it: str as is, dicts as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def argument_error(call: ToolCall, method: Any) -> str | None:
+    """Why ``call`` cannot be dispatched to ``method`` (None when it can).
+
+    Names and arity are checked against the signature. Types are left to the method, as in BFCL: its
+    own ground truth sometimes disagrees with its schema (a string ``ticket_id`` where the doc says
+    integer), and the method's error is the observation the model learns from.
+    """
+    try:
+        inspect.signature(method).bind(**call.arguments)
+    except TypeError as exc:
+        return f"error: {call.name}: {exc}"
+    return None
+
+
+class Episode:
+    """A live episode of ``task``: call ``begin_turn``, then ``act``/``execute`` per assistant step, then
+    ``end_turn``; after the last turn ``result`` gives the reward."""
+
+    def __init__(self, task: Task, reward: RewardConfig | None = None):
+        self.task = task
+        self.reward = reward or RewardConfig()
+        self.instances = self._load_instances()
+        self._truth_instances = self._load_instances()
+        self._methods = public_methods(self.instances)
+        self._truth_methods = public_methods(self._truth_instances)
+        self.visible_tools: dict[str, dict] = {}
+        self.turn = -1
+        self.turn_checks: list[TurnCheck] = []
+        self.format_errors = 0
+        self._turn_calls = 0
+        self._all_results: list[str] = []
+
+    def _load_instances(self) -> dict[str, Any]:
+        instances = {}
+        for name in self.task.classes:
+            instance = api_class(name)()
+            if name not in STATELESS_CLASSES:
+                config = copy.deepcopy(self.task.initial_config.get(name, {}))
+                instance._load_scenario(config, long_context=self.task.long_context)
+            instances[name] = instance
+        return instances
+
+    @property
+    def done(self) -> bool:
+        return len(self.turn_checks) == len(self.task.turns)
+
+    def begin_turn(self) -> list[str]:
+        """Open the next user turn: reveal the tools that appear now, return the user messages."""
+        if self.turn != len(self.turn_checks) - 1 or self.done:
+            raise RuntimeError("begin_turn called while a turn is open or after the last turn")
+        self.turn += 1
+        if self.turn == 0:
+            self.visible_tools = {spec["name"]: spec for spec in self.task.tools}
+        for spec in self.task.revealed_tools.get(self.turn, []):
+            self.visible_tools[spec["name"]] = spec
+        self._turn_calls = 0
+        return self.task.turns[self.turn]
+
+    def act(self, text: str, fmt: Any) -> list[str]:
+        """Parse an assistant message in format ``fmt`` and execute its calls; returns the observations.
+
+        An unparsable message yields one error observation; a message with no call yields none.
+        """
+        try:
+            calls = fmt.parse(text, list(self.visible_tools.values()))
+        except FormatError as exc:
+            self.format_errors += 1
+            return [str(exc)]
+        return self.execute(calls)
+
+    def execute(self, calls: list[ToolCall]) -> list[str]:
+        """Run the calls of one assistant step against the model's live instances, in order."""
+        if self.turn != len(self.turn_checks):
+            raise RuntimeError("execute called outside an open turn")
+        results = [self._dispatch(call, self.visible_tools, self._methods) for call in calls]
+        self._turn_calls += len(calls)
+        self._all_results.extend(results)
+        return results
+
+    @staticmethod
+    def _dispatch(call: ToolCall, visible: dict[str, dict], methods: dict[str, Any]) -> str:
+        if not isinstance(call.name, str) or call.name not in visible or call.name not in methods:
+            shown = ", ".join(sorted(visible))
+            return f"error: unknown function {str(call.name)[:80]!r}; available functions: {shown}"
+        if not isinstance(call.arguments, dict) or not all(isinstance(k, str) for k in call.arguments):
+            return f"error: {call.name}: arguments must be an object with string keys"
+        method = methods[call.name]
+        problem = argument_error(call, method)
+        if problem:
+            return problem
+        try:
+            return result_text(method(**copy.deepcopy(call.arguments)))
+        except Exception as exc:  # the API classes raise on bad input: that is an observation
+            return f"Error during execution: {exc}"
+
+    def end_turn(self) -> TurnCheck:
+        """Close the current turn: advance the ground truth one turn and compare (BFCL's checks)."""
+        if self.turn != len(self.turn_checks):
+            raise RuntimeError("end_turn called outside an open turn")
+        truth_calls = self.task.ground_truth[self.turn]
+        all_specs = {spec["name"]: spec for spec in self._all_specs()}
+        truth_results = [self._dispatch(call, all_specs, self._truth_methods) for call in truth_calls]
+        check = self._check_turn(truth_calls, truth_results)
+        self.turn_checks.append(check)
+        return check
+
+    def _all_specs(self) -> list[dict]:
+        return self.task.tools + [spec for specs in self.task.revealed_tools.values() for spec in specs]
+
+    def _check_turn(self, truth_calls: list[ToolCall], truth_results: list[str]) -> TurnCheck:
+        if not truth_calls:
+            if self.reward.mode == "strict" and self._turn_calls:
+                return TurnCheck(False, "irrelevance: called a tool in a turn that needs none")
+            return TurnCheck(True)
+        if not self._turn_calls:
+            return TurnCheck(False, "empty turn: no tool call where the ground truth has some")
+        for name, truth in self._truth_instances.items():
+            differences = public_state_differences(self.instances[name], truth)
+            if differences:
+                return TurnCheck(False, f"state mismatch in {name}: {', '.join(differences)}")
+        missing = missing_results(truth_results, self._all_results)
+        if missing:
+            return TurnCheck(False, f"response mismatch: missing {len(missing)} result(s), e.g. {missing[0][:120]}")
+        return TurnCheck(True)
+
+    def result(self) -> EpisodeResult:
+        if not self.done:
+            raise RuntimeError("result requested before the last turn ended")
+        failed = [i for i, check in enumerate(self.turn_checks) if not check.passed]
+        passed = len(self.turn_checks) - len(failed)
+        success = not failed
+        if self.reward.shaping == "binary":
+            reward = float(success)
+        else:
+            reward = passed / len(self.turn_checks)
+        if self.format_errors:
+            reward -= self.reward.format_penalty
+        return EpisodeResult(
+            success=success,
+            reward=reward,
+            turns_passed=passed,
+            turns=len(self.turn_checks),
+            first_failed_turn=failed[0] if failed else None,
+            failure=self.turn_checks[failed[0]].reason if failed else None,
+            format_errors=self.format_errors,
+            turn_checks=self.turn_checks,
+        )
+
+
+def public_methods(instances: dict[str, Any]) -> dict[str, Any]:
+    """Tool name -> bound method; a later class wins a name clash, as in BFCL's executor."""
+    return {
+        name: method
+        for instance in instances.values()
+        for name, method in inspect.getmembers(instance, predicate=inspect.ismethod)
+        if not name.startswith("_")
+    }
+
+
+def public_state_differences(model: Any, truth: Any) -> list[str]:
+    """Public attributes of ``truth`` whose value differs in ``model`` (BFCL's state check)."""
+    return [
+        name
+        for name, value in vars(truth).items()
+        if not name.startswith("_") and getattr(model, name, None) != value
+    ]
+
+
+def missing_results(required: list[str], produced: list[str]) -> list[str]:
+    """The items of ``required`` not covered by ``produced`` as a multiset (BFCL's response check)."""
+    pool = list(produced)
+    missing = []
+    for item in required:
+        if item in pool:
+            pool.remove(item)
+        else:
+            missing.append(item)
+    return missing
+
+
+def run_episode(task: Task, steps: list[list[list[ToolCall]]], reward: RewardConfig | None = None) -> EpisodeResult:
+    """Play ``steps[turn][step] = calls`` through a live episode and score it."""
+    episode = Episode(task, reward)
+    for turn_steps in steps:
+        episode.begin_turn()
+        for calls in turn_steps:
+            episode.execute(calls)
+        episode.end_turn()
+    return episode.result()
+
+
+def replay_ground_truth(task: Task, reward: RewardConfig | None = None) -> EpisodeResult:
+    """Execute the task's ground truth as if a model had made exactly those calls, one step per turn."""
+    return run_episode(task, [[calls] if calls else [] for calls in task.ground_truth], reward)

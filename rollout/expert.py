@@ -1,0 +1,38 @@
+"""Expert trajectories: a task's ground truth rendered as a full conversation, with real tool results.
+
+This is the SFT data of the supervision signals. The reference implementation asked an external LLM to
+write these dialogs; here the ground truth is executed in the live environment and the assistant's
+words are templated, so the data is exact and offline.
+"""
+
+from __future__ import annotations
+
+from rollout.envs.base import Episode, Task
+from rollout.formats import ToolFormat
+
+NEEDS_MORE = "I can't do that yet: a required detail or function is missing. Could you provide it?"
+
+
+def closing_reply(names: list[str]) -> str:
+    unique = list(dict.fromkeys(names))
+    listed = unique[0] if len(unique) == 1 else ", ".join(unique[:-1]) + " and " + unique[-1]
+    return f"Done. I used {listed}."
+
+
+def expert_messages(task: Task, fmt: ToolFormat) -> list[dict]:
+    """Chat messages (system, user, assistant, tool) of the ground truth played through a live episode."""
+    episode = Episode(task)
+    messages = [{"role": "system", "content": fmt.render_tools(task.tools)}]
+    for turn, calls in enumerate(task.ground_truth):
+        user = "\n".join(episode.begin_turn())
+        if turn in task.revealed_tools:
+            user = fmt.render_tools(task.revealed_tools[turn]) + "\n" + user
+        messages.append({"role": "user", "content": user})
+        if calls:
+            messages.append({"role": "assistant", "content": fmt.render(calls)})
+            messages.extend({"role": "tool", "content": result} for result in episode.execute(calls))
+            messages.append({"role": "assistant", "content": closing_reply([c.name for c in calls])})
+        else:
+            messages.append({"role": "assistant", "content": NEEDS_MORE})
+        episode.end_turn()
+    return messages

@@ -1,0 +1,21 @@
+"""Typed values that cross module and actor boundaries on the rollout side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One parsed tool call: a function name and keyword arguments (JSON-like values only)."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+class FormatError(ValueError):
+    """Model output that is not a valid tool call in the expected syntax.
+
+    ``str(error)`` is written for the model: it becomes the observation of that step.
+    """
