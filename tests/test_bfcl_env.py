@@ -80,7 +80,7 @@ def test_miss_func_hides_the_function_until_its_turn(all_tasks):
 def test_dispatch_checks_arguments_and_keeps_state_across_turns(all_tasks):
     episode = Episode(by_id(all_tasks, "multi_turn_base_0"))
     episode.begin_turn()
-    assert "unexpected keyword" in episode.execute([ToolCall("cd", {"dir": "x"})])[0]
+    assert "unexpected keyword" in episode.execute([ToolCall("cd", {"folder": "x", "dir": "x"})])[0]
     assert "missing a required argument" in episode.execute([ToolCall("cd", {})])[0]
     assert episode.execute([ToolCall("cd", {"folder": 3})])[0].startswith("Error during execution")
     episode.execute([ToolCall("cd", {"folder": "document"}), ToolCall("mkdir", {"dir_name": "temp"})])
@@ -109,7 +109,7 @@ def test_dropped_call_fails_at_its_turn(all_tasks):
 def test_changed_argument_fails_at_its_turn(all_tasks):
     task = by_id(all_tasks, "multi_turn_base_0")
     steps = ground_truth_steps(task)
-    steps[1][0] = [ToolCall(c.name, {**c.arguments, "pattern": "budget"}) if c.name == "grep" else c for c in steps[1][0]]
+    steps[1][0] = [ToolCall(c.name, {**c.arguments, "pattern": "forecast"}) if c.name == "grep" else c for c in steps[1][0]]
     result = run_episode(task, steps)
     assert (result.success, result.first_failed_turn) == (False, 1)
     assert result.failure.startswith("response mismatch")

@@ -75,6 +75,23 @@ def result_text(value: Any) -> str:
     return str(value)
 
 
+# Arguments the API classes feed to arbitrary-precision arithmetic (mpmath dps, decimal prec, int ** int):
+# unbounded values from a model would hang the process, so they are capped far above any real use.
+BOUNDED_ARGUMENTS = {"precision": 1000, "exponent": 1000}
+MAX_INTEGER = 10**12
+
+
+def _integers(value: Any):
+    if isinstance(value, int) and not isinstance(value, bool):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _integers(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _integers(item)
+
+
 def argument_error(call: ToolCall, method: Any) -> str | None:
     """Why ``call`` cannot be dispatched to ``method`` (None when it can).
 
@@ -86,6 +103,12 @@ def argument_error(call: ToolCall, method: Any) -> str | None:
         inspect.signature(method).bind(**call.arguments)
     except TypeError as exc:
         return f"error: {call.name}: {exc}"
+    for key, value in call.arguments.items():
+        bound = BOUNDED_ARGUMENTS.get(key, MAX_INTEGER)
+        if any(abs(number) > bound for number in _integers(value)):
+            return f"error: {call.name}: argument {key!r} is out of range (|value| <= {bound})"
+        if key in BOUNDED_ARGUMENTS and isinstance(value, float) and not abs(value) <= bound:
+            return f"error: {call.name}: argument {key!r} is out of range (|value| <= {bound})"
     return None
 
 
@@ -166,6 +189,7 @@ class Episode:
         if problem:
             return problem
         try:
+            # result_text inside: a huge int result fails even to print (Python's int-to-str limit)
             return result_text(method(**copy.deepcopy(call.arguments)))
         except Exception as exc:  # the API classes raise on bad input: that is an observation
             return f"Error during execution: {exc}"

@@ -1,0 +1,199 @@
+"""Tool-call syntaxes: how tools are shown to the model, how its calls are parsed, and how calls are written.
+
+Formats are what "format OOD" evaluation swaps at test time. Parsing never evaluates model text: JSON is
+decoded with ``json``, the python syntax is read with ``ast`` and accepts literals only. Anything that
+attempts a call but is malformed raises ``FormatError`` whose message is the model's next observation.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any, Protocol
+
+from rollout.types import FormatError, ToolCall
+
+# ast/json on adversarial megabyte inputs can recurse deeply or take long; tool calls are never this big.
+MAX_CALL_TEXT = 4 << 20
+
+
+class ToolFormat(Protocol):
+    name: str
+
+    def render_tools(self, tools: list[dict]) -> str: ...
+
+    def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]: ...
+
+    def render(self, calls: list[ToolCall]) -> str: ...
+
+
+def _tool_lines(tools: list[dict]) -> str:
+    return "\n".join(json.dumps(tool, ensure_ascii=False, separators=(",", ":")) for tool in tools)
+
+
+def _call_from_object(obj: Any) -> ToolCall:
+    if not isinstance(obj, dict):
+        raise FormatError("error: a tool call must be a JSON object with \"name\" and \"arguments\"")
+    name, arguments = obj.get("name"), obj.get("arguments", {})
+    if not isinstance(name, str) or not name:
+        raise FormatError("error: a tool call needs a string \"name\"")
+    if not isinstance(arguments, dict):
+        raise FormatError(f"error: \"arguments\" of {name[:80]!r} must be a JSON object")
+    return ToolCall(name, arguments)
+
+
+def _loads(text: str, where: str) -> Any:
+    if len(text) > MAX_CALL_TEXT:
+        raise FormatError(f"error: tool call text too long ({len(text)} characters)")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"error: invalid JSON in {where}: {str(exc)[:200]}") from None
+
+
+def _strip_fence(text: str, language: str) -> str:
+    match = re.fullmatch(rf"\s*```(?:{language})?\s*\n?(.*?)\n?\s*```\s*", text, flags=re.DOTALL)
+    return (match.group(1) if match else text).strip()
+
+
+class HermesFormat:
+    """Qwen's default: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, several per message."""
+
+    name = "hermes"
+    _block = re.compile(r"<tool_call>(.*?)</tool_call>", flags=re.DOTALL)
+
+    def render_tools(self, tools: list[dict]) -> str:
+        return (
+            "You may call one or more functions to assist with the user query.\n"
+            "Function signatures are within <tools></tools> XML tags:\n<tools>\n"
+            f"{_tool_lines(tools)}\n</tools>\n"
+            "For each function call, return a JSON object with the function name and arguments within "
+            '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+            "<args-json-object>}\n</tool_call>"
+        )
+
+    def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
+        if "<tool_call>" not in text and "</tool_call>" not in text:
+            return []
+        blocks = self._block.findall(text)
+        if text.count("<tool_call>") != len(blocks) or text.count("</tool_call>") != len(blocks):
+            raise FormatError("error: unbalanced <tool_call> tags: each call needs <tool_call> and </tool_call>")
+        return [_call_from_object(_loads(block.strip(), "<tool_call>")) for block in blocks]
+
+    def render(self, calls: list[ToolCall]) -> str:
+        return "\n".join(
+            f"<tool_call>\n{json.dumps({'name': c.name, 'arguments': c.arguments}, ensure_ascii=False)}\n</tool_call>"
+            for c in calls
+        )
+
+
+class JsonListFormat:
+    """The whole message is a JSON list of ``{"name", "arguments"}`` objects (a single object also counts)."""
+
+    name = "json"
+
+    def render_tools(self, tools: list[dict]) -> str:
+        return (
+            "You can call these functions (JSON Schema, one per line):\n"
+            f"{_tool_lines(tools)}\n"
+            'To call functions, reply with only a JSON list: [{"name": <function-name>, "arguments": '
+            "<args-json-object>}, ...]. To answer the user, reply in plain text."
+        )
+
+    def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
+        body = _strip_fence(text, "json")
+        if not body.startswith(("[", "{")):
+            return []
+        decoded = _loads(body, "the JSON call list")
+        return [_call_from_object(obj) for obj in (decoded if isinstance(decoded, list) else [decoded])]
+
+    def render(self, calls: list[ToolCall]) -> str:
+        return json.dumps([{"name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
+
+
+_LITERAL_NODES = (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.UnaryOp, ast.UAdd, ast.USub, ast.Load)
+
+
+def _literal(node: ast.AST, call_name: str) -> Any:
+    # Vet the node types first: literal_eval alone would still accept sets and complex numbers.
+    if not all(isinstance(n, _LITERAL_NODES) for n in ast.walk(node)):
+        raise FormatError(f"error: arguments of {call_name}() must be literals (strings, numbers, lists, dicts)")
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise FormatError(f"error: arguments of {call_name}() must be literals") from None
+    return _json_like(value, call_name)
+
+
+def _json_like(value: Any, call_name: str) -> Any:
+    if isinstance(value, tuple | list):
+        return [_json_like(v, call_name) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise FormatError(f"error: dict keys in {call_name}() arguments must be strings")
+        return {k: _json_like(v, call_name) for k, v in value.items()}
+    if isinstance(value, complex | bytes):
+        raise FormatError(f"error: unsupported literal in {call_name}() arguments")
+    return value
+
+
+class PythonFormat:
+    """The BFCL/ACEBench syntax: ``[func(a=1, b='x'), g()]``, read with ``ast`` to literals only."""
+
+    name = "python"
+    _looks_like_call = re.compile(r"\[|[A-Za-z_]\w*\s*\(")
+
+    def render_tools(self, tools: list[dict]) -> str:
+        return (
+            "You can call these functions (JSON Schema, one per line):\n"
+            f"{_tool_lines(tools)}\n"
+            "To call functions, reply with only a Python list of calls with keyword arguments: "
+            "[func_name1(param=value), func_name2(param=value)]. To answer the user, reply in plain text."
+        )
+
+    def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
+        body = _strip_fence(text, "python")
+        if not self._looks_like_call.match(body):
+            return []
+        if len(body) > MAX_CALL_TEXT:
+            raise FormatError(f"error: tool call text too long ({len(body)} characters)")
+        try:
+            tree = ast.parse(body, mode="eval").body
+        except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+            raise FormatError(f"error: not a valid call list: {getattr(exc, 'msg', exc)}") from None
+        nodes = tree.elts if isinstance(tree, ast.List) else [tree]
+        specs = {t.get("name"): t for t in tools or [] if isinstance(t, dict)}
+        return [self._call(node, specs) for node in nodes]
+
+    @staticmethod
+    def _call(node: ast.AST, specs: dict[str, dict]) -> ToolCall:
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            raise FormatError("error: expected a list of calls like [func(param=value)]")
+        name = node.func.id
+        arguments: dict[str, Any] = {}
+        if node.args:
+            order = list(specs.get(name, {}).get("parameters", {}).get("properties", {}))
+            if len(node.args) > len(order):
+                raise FormatError(f"error: positional arguments need keyword names: {name}(param=value)")
+            for key, arg in zip(order, node.args):
+                arguments[key] = _literal(arg, name)
+        for keyword in node.keywords:
+            if keyword.arg is None:
+                raise FormatError(f"error: **kwargs is not allowed in {name}()")
+            if keyword.arg in arguments:
+                raise FormatError(f"error: argument {keyword.arg!r} given twice in {name}()")
+            arguments[keyword.arg] = _literal(keyword.value, name)
+        return ToolCall(name, arguments)
+
+    def render(self, calls: list[ToolCall]) -> str:
+        return "[" + ", ".join(f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})" for c in calls) + "]"
+
+
+FORMATS: dict[str, ToolFormat] = {f.name: f for f in (HermesFormat(), PythonFormat(), JsonListFormat())}
+
+
+def get_format(name: str) -> ToolFormat:
+    if name not in FORMATS:
+        raise ValueError(f"unknown tool-call format {name!r}; choose from {', '.join(FORMATS)}")
+    return FORMATS[name]
