@@ -52,6 +52,15 @@ def _loads(text: str, where: str) -> Any:
         raise FormatError(f"error: invalid JSON in {where}: {str(exc)[:200]}") from None
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
+
+
 def _strip_fence(text: str, language: str) -> str:
     match = re.fullmatch(rf"\s*```(?:{language})?\s*\n?(.*?)\n?\s*```\s*", text, flags=re.DOTALL)
     return (match.group(1) if match else text).strip()
@@ -61,7 +70,7 @@ class HermesFormat:
     """Qwen's default: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, several per message."""
 
     name = "hermes"
-    _block = re.compile(r"<tool_call>(.*?)</tool_call>", flags=re.DOTALL)
+    _open, _close = "<tool_call>", "</tool_call>"
 
     def render_tools(self, tools: list[dict]) -> str:
         return (
@@ -74,12 +83,29 @@ class HermesFormat:
         )
 
     def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
-        if "<tool_call>" not in text and "</tool_call>" not in text:
+        if self._open not in text and self._close not in text:
             return []
-        blocks = self._block.findall(text)
-        if text.count("<tool_call>") != len(blocks) or text.count("</tool_call>") != len(blocks):
-            raise FormatError("error: unbalanced <tool_call> tags: each call needs <tool_call> and </tool_call>")
-        return [_call_from_object(_loads(block.strip(), "<tool_call>")) for block in blocks]
+        if len(text) > MAX_CALL_TEXT:
+            raise FormatError(f"error: tool call text too long ({len(text)} characters)")
+        # Decode the JSON after each opening tag instead of cutting at the next closing tag, so that a
+        # tag inside an argument string (echo content, say) does not split the call.
+        calls, outside, position = [], [], 0
+        while (start := text.find(self._open, position)) != -1:
+            outside.append(text[position:start])
+            body = start + len(self._open)
+            try:
+                obj, end = _DECODER.raw_decode(text, _skip_space(text, body))
+            except (ValueError, RecursionError) as exc:
+                raise FormatError(f"error: invalid JSON in <tool_call>: {str(exc)[:200]}") from None
+            end = _skip_space(text, end)
+            if not text.startswith(self._close, end):
+                raise FormatError("error: unbalanced <tool_call> tags: close each call's JSON with </tool_call>")
+            calls.append(_call_from_object(obj))
+            position = end + len(self._close)
+        outside.append(text[position:])
+        if any(self._close in part for part in outside):
+            raise FormatError("error: unbalanced <tool_call> tags: </tool_call> without <tool_call>")
+        return calls
 
     def render(self, calls: list[ToolCall]) -> str:
         return "\n".join(
