@@ -21,6 +21,7 @@ from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPIN
 from rollout.config import RewardConfig
 from rollout.types import FormatError, ToolCall
 
+
 @cache
 def api_class(name: str) -> type:
     return getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[name]), name)
@@ -191,7 +192,7 @@ class Episode:
         try:
             # result_text inside: a huge int result fails even to print (Python's int-to-str limit)
             return result_text(method(**copy.deepcopy(call.arguments)))
-        except Exception as exc:  # the API classes raise on bad input: that is an observation
+        except Exception as exc:  # noqa: BLE001 - the API classes raise on bad input: an observation
             return f"Error during execution: {exc}"
 
     def end_turn(self) -> TurnCheck:
