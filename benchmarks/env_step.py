@@ -42,7 +42,7 @@ def replay_turn_seconds(task, turn: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=21, help="timed repetitions per measurement (median)")
     args = parser.parse_args()
 
     task = max(load_tasks("bfcl", "long_context"), key=lambda t: (len(t.turns), sum(map(len, t.ground_truth))))
