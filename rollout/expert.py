@@ -28,9 +28,12 @@ def expert_messages(task: Task, fmt: ToolFormat) -> list[dict]:
         if turn in task.revealed_tools:
             user = fmt.render_tools(task.revealed_tools[turn]) + "\n" + user
         messages.append({"role": "user", "content": user})
+        # One call per step: a later call may use an earlier result (an id, a sum), and the dialog
+        # must show that result before the call that uses it.
+        for call in calls:
+            messages.append({"role": "assistant", "content": fmt.render([call])})
+            messages.extend({"role": "tool", "content": result} for result in episode.execute([call]))
         if calls:
-            messages.append({"role": "assistant", "content": fmt.render(calls)})
-            messages.extend({"role": "tool", "content": result} for result in episode.execute(calls))
             messages.append({"role": "assistant", "content": closing_reply([c.name for c in calls])})
         else:
             messages.append({"role": "assistant", "content": NEEDS_MORE})

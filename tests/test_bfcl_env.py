@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -280,3 +281,19 @@ def test_checker_agrees_with_bfcl_eval(all_tasks):
 def test_checker_agrees_with_bfcl_eval_more_seeds(all_tasks):
     for seed in (1, 2):
         assert_agreement(all_tasks, seed=seed, minimum=4000)
+
+
+def test_mutable_defaults_do_not_leak_between_episodes(all_tasks):
+    task = next(t for t in all_tasks if "TwitterAPI" in t.classes and "mention" in {s["name"] for s in t.tools})
+    account = task.initial_config["TwitterAPI"]
+    login = ToolCall("authenticate_twitter", {"username": account["username"], "password": account["password"]})
+    first = Episode(task)
+    first.begin_turn()
+    first.execute([login])
+    posted = first.execute([ToolCall("post_tweet", {"content": "hello"})])[0]
+    tweet_id = json.loads(posted)["id"]
+    first.execute([ToolCall("mention", {"tweet_id": tweet_id, "mentioned_usernames": ["@bob"]})])
+    second = Episode(task)
+    second.begin_turn()
+    second.execute([login])
+    assert json.loads(second.execute([ToolCall("post_tweet", {"content": "again"})])[0])["mentions"] == []

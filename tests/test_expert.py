@@ -36,10 +36,11 @@ def test_expert_dialog_replays_to_success(tasks, fmt):
 def test_expert_dialog_carries_real_tool_results(tasks):
     task = tasks["multi_turn_base_0"]
     messages = expert_messages(task, FORMATS["hermes"])
-    assert [m["role"] for m in messages[:7]] == ["system", "user", "assistant", "tool", "tool", "tool", "assistant"]
-    assert messages[2]["content"].startswith('<tool_call>\n{"name": "cd", "arguments": {"folder": "document"}}')
+    roles = ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert [m["role"] for m in messages[:9]] == roles
+    assert messages[2]["content"] == '<tool_call>\n{"name": "cd", "arguments": {"folder": "document"}}\n</tool_call>'
     assert messages[3]["content"] == '{"current_working_directory": "document"}'
-    assert messages[6]["content"] == "Done. I used cd, mkdir and mv."
+    assert messages[8]["content"] == "Done. I used cd, mkdir and mv."
     grep_result = next(m["content"] for m in messages if m["role"] == "tool" and "matching_lines" in m["content"])
     assert "budget analysis" in grep_result
 

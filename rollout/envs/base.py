@@ -93,24 +93,26 @@ def _integers(value: Any):
             yield from _integers(item)
 
 
-def argument_error(call: ToolCall, method: Any) -> str | None:
-    """Why ``call`` cannot be dispatched to ``method`` (None when it can).
+def bind_arguments(call: ToolCall, method: Any) -> inspect.BoundArguments:
+    """The call's arguments bound to ``method``'s signature, defaults filled in and deep-copied.
 
-    Names and arity are checked against the signature. Types are left to the method, as in BFCL: its
-    own ground truth sometimes disagrees with its schema (a string ``ticket_id`` where the doc says
-    integer), and the method's error is the observation the model learns from.
+    Raises ValueError (the message is the model's observation) on unknown, missing or out-of-range
+    arguments. Types are left to the method, as in BFCL: its own ground truth sometimes disagrees with
+    its schema (a string ``ticket_id`` where the doc says integer). Defaults are copied because some API
+    methods have mutable defaults (``post_tweet(tags=[])``) that would otherwise leak across episodes.
     """
     try:
-        inspect.signature(method).bind(**call.arguments)
+        bound = inspect.signature(method).bind(**call.arguments)
     except TypeError as exc:
-        return f"error: {call.name}: {exc}"
+        raise ValueError(f"error: {call.name}: {exc}") from None
     for key, value in call.arguments.items():
-        bound = BOUNDED_ARGUMENTS.get(key, MAX_INTEGER)
-        if any(abs(number) > bound for number in _integers(value)):
-            return f"error: {call.name}: argument {key!r} is out of range (|value| <= {bound})"
-        if key in BOUNDED_ARGUMENTS and isinstance(value, float) and not abs(value) <= bound:
-            return f"error: {call.name}: argument {key!r} is out of range (|value| <= {bound})"
-    return None
+        limit = BOUNDED_ARGUMENTS.get(key, MAX_INTEGER)
+        too_big = any(abs(number) > limit for number in _integers(value))
+        if too_big or (key in BOUNDED_ARGUMENTS and isinstance(value, float) and not abs(value) <= limit):
+            raise ValueError(f"error: {call.name}: argument {key!r} is out of range (|value| <= {limit})")
+    bound.apply_defaults()
+    bound.arguments = copy.deepcopy(bound.arguments)
+    return bound
 
 
 class Episode:
@@ -186,12 +188,13 @@ class Episode:
         if not isinstance(call.arguments, dict) or not all(isinstance(k, str) for k in call.arguments):
             return f"error: {call.name}: arguments must be an object with string keys"
         method = methods[call.name]
-        problem = argument_error(call, method)
-        if problem:
-            return problem
+        try:
+            bound = bind_arguments(call, method)
+        except ValueError as exc:
+            return str(exc)
         try:
             # result_text inside: a huge int result fails even to print (Python's int-to-str limit)
-            return result_text(method(**copy.deepcopy(call.arguments)))
+            return result_text(method(*bound.args, **bound.kwargs))
         except Exception as exc:  # noqa: BLE001 - the API classes raise on bad input: an observation
             return f"Error during execution: {exc}"
 
