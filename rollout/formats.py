@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 from rollout.types import FormatError, ToolCall
 
-# ast/json on adversarial megabyte inputs can recurse deeply or take long; tool calls are never this big.
+# Tool calls are never this big; the C JSON decoder stays linear up to here. ``ast`` builds one Python
+# object per node (about 1 s per 200 kB of ``[[],[],...]``), so the python syntax gets a tighter bound.
 MAX_CALL_TEXT = 4 << 20
+MAX_PYTHON_TEXT = 200_000
 
 
 class ToolFormat(Protocol):
@@ -43,27 +45,39 @@ def _call_from_object(obj: Any) -> ToolCall:
     return ToolCall(name, arguments)
 
 
+def _check_length(text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise FormatError(f"error: tool call text too long ({len(text)} characters, at most {limit})")
+
+
+def _json_error(exc: BaseException, where: str) -> FormatError:
+    if isinstance(exc, ValueError):
+        return FormatError(f"error: invalid JSON in {where}: {str(exc)[:200]}")
+    return FormatError(f"error: JSON in {where} is nested too deeply")
+
+
 def _loads(text: str, where: str) -> Any:
-    if len(text) > MAX_CALL_TEXT:
-        raise FormatError(f"error: tool call text too long ({len(text)} characters)")
+    _check_length(text, MAX_CALL_TEXT)
     try:
         return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise FormatError(f"error: invalid JSON in {where}: {str(exc)[:200]}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise _json_error(exc, where) from None
 
 
 _DECODER = json.JSONDecoder()
-
-
-def _skip_space(text: str, position: int) -> int:
-    while position < len(text) and text[position].isspace():
-        position += 1
-    return position
+_SPACE = re.compile(r"\s*")
 
 
 def _strip_fence(text: str, language: str) -> str:
-    match = re.fullmatch(rf"\s*```(?:{language})?\s*\n?(.*?)\n?\s*```\s*", text, flags=re.DOTALL)
-    return (match.group(1) if match else text).strip()
+    # Plain string operations: a regex with lazy and greedy whitespace around the body backtracks
+    # cubically on a fence followed by a long run of blank lines, which degenerate models do emit.
+    body = text.strip()
+    if len(body) >= 6 and body.startswith("```") and body.endswith("```"):
+        body = body[3:-3]
+        first, newline, rest = body.partition("\n")
+        if newline and first.strip().lower() in ("", language):
+            body = rest
+    return body.strip()
 
 
 class HermesFormat:
@@ -85,8 +99,7 @@ class HermesFormat:
     def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
         if self._open not in text and self._close not in text:
             return []
-        if len(text) > MAX_CALL_TEXT:
-            raise FormatError(f"error: tool call text too long ({len(text)} characters)")
+        _check_length(text, MAX_CALL_TEXT)
         # Decode the JSON after each opening tag instead of cutting at the next closing tag, so that a
         # tag inside an argument string (echo content, say) does not split the call.
         calls, outside, position = [], [], 0
@@ -94,10 +107,10 @@ class HermesFormat:
             outside.append(text[position:start])
             body = start + len(self._open)
             try:
-                obj, end = _DECODER.raw_decode(text, _skip_space(text, body))
-            except (ValueError, RecursionError) as exc:
-                raise FormatError(f"error: invalid JSON in <tool_call>: {str(exc)[:200]}") from None
-            end = _skip_space(text, end)
+                obj, end = _DECODER.raw_decode(text, _SPACE.match(text, body).end())
+            except (ValueError, RecursionError, MemoryError) as exc:
+                raise _json_error(exc, "<tool_call>") from None
+            end = _SPACE.match(text, end).end()
             if not text.startswith(self._close, end):
                 raise FormatError("error: unbalanced <tool_call> tags: close each call's JSON with </tool_call>")
             calls.append(_call_from_object(obj))
@@ -159,9 +172,10 @@ def _json_like(value: Any, call_name: str) -> Any:
         if not all(isinstance(k, str) for k in value):
             raise FormatError(f"error: dict keys in {call_name}() arguments must be strings")
         return {k: _json_like(v, call_name) for k, v in value.items()}
-    if isinstance(value, complex | bytes):
-        raise FormatError(f"error: unsupported literal in {call_name}() arguments")
-    return value
+    if value is None or isinstance(value, str | int | float):
+        return value
+    # Ellipsis, bytes and complex numbers are Python literals but have no JSON counterpart.
+    raise FormatError(f"error: unsupported literal {type(value).__name__} in {call_name}() arguments")
 
 
 class PythonFormat:
@@ -182,12 +196,13 @@ class PythonFormat:
         body = _strip_fence(text, "python")
         if not self._looks_like_call.match(body):
             return []
-        if len(body) > MAX_CALL_TEXT:
-            raise FormatError(f"error: tool call text too long ({len(body)} characters)")
+        _check_length(body, MAX_PYTHON_TEXT)
         try:
             tree = ast.parse(body, mode="eval").body
-        except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
-            raise FormatError(f"error: not a valid call list: {getattr(exc, 'msg', exc)}") from None
+        except (SyntaxError, ValueError) as exc:
+            raise FormatError(f"error: not a valid call list: {str(getattr(exc, 'msg', exc))[:200]}") from None
+        except (MemoryError, RecursionError):
+            raise FormatError("error: not a valid call list: nested too deeply") from None
         nodes = tree.elts if isinstance(tree, ast.List) else [tree]
         specs = {t.get("name"): t for t in tools or [] if isinstance(t, dict)}
         return [self._call(node, specs) for node in nodes]

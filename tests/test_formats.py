@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keyword
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -42,6 +43,16 @@ def test_hermes_malformed_calls_explain_themselves(text, message):
         hermes.parse(text)
 
 
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_nested_unicode_arguments_round_trip(fmt):
+    calls = [
+        ToolCall("write", {"path": "données/日本語.txt", "body": {"lines": ["α", "", "\\n'\"", None], "n": -0.5}}),
+        ToolCall("noop", {}),
+        ToolCall("emoji", {"s": "🙂 </tool_call> ]) ' \" ```", "flags": [True, False, 10**12]}),
+    ]
+    assert FORMATS[fmt].parse(FORMATS[fmt].render(calls)) == calls
+
+
 def test_python_positional_arguments_follow_the_schema_order():
     assert python.parse("[mv('a.txt', destination='b')]", TOOLS) == [
         ToolCall("mv", {"source": "a.txt", "destination": "b"})
@@ -54,24 +65,32 @@ def test_python_positional_arguments_follow_the_schema_order():
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "message"),
     [
-        "[f(x=__import__('os').system('touch SENTINEL'))]",
-        "[__import__('os').system('touch SENTINEL')]",
-        "[f(x=open('SENTINEL', 'w'))]",
-        "[os.system('touch SENTINEL')]",
-        "[f(x=(lambda: 1)())]",
-        "[f(x={1, 2})]",
-        "[f(x=1+2j)]",
-        "[f(**{'a': 1})]",
-        "[f(x=y)]",
-        "[1, 2]",
-        "[f(x=1)",
+        ("[f(x=__import__('os').system('touch SENTINEL'))]", "must be literals"),
+        ("[__import__('os').system('touch SENTINEL')]", "expected a list of calls"),
+        ("[f(x=open('SENTINEL', 'w'))]", "must be literals"),
+        ("[os.system('touch SENTINEL')]", "expected a list of calls"),
+        ("[f(x=(lambda: open('SENTINEL', 'w'))())]", "must be literals"),
+        ("[f(x=lambda: 1)]", "must be literals"),
+        ("[f(x=f'{y}')]", "must be literals"),
+        ("[f(x={1, 2})]", "must be literals"),
+        ("[f(x=1+2j)]", "must be literals"),
+        ("[f(x=...)]", "unsupported literal"),
+        ("[f(x=b'a')]", "unsupported literal"),
+        ("[f(x={1: 'a'})]", "keys .* must be strings"),
+        ("[f(**{'a': 1})]", "kwargs"),
+        ("[f(*[1])]", "keyword names"),
+        ("[f(x=y)]", "must be literals"),
+        ("[f(x=1, x=2)]", "given twice"),
+        ("[1, 2]", "expected a list of calls"),
+        ("[f(x=1)", "not a valid call list"),
+        ("[f(x=" + "[" * 300 + "]" * 300 + ")]", "not a valid call list"),
     ],
 )
-def test_python_accepts_literals_only(text, tmp_path, monkeypatch):
+def test_python_accepts_literals_only(text, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FormatError):
+    with pytest.raises(FormatError, match=message):
         python.parse(text)
     assert not (tmp_path / "SENTINEL").exists()
 
@@ -86,8 +105,22 @@ def test_json_list_and_single_object():
     assert json_list.parse('[{"name": "ls", "arguments": {"a": true}}]') == [ToolCall("ls", {"a": True})]
     assert json_list.parse('```json\n{"name": "pwd"}\n```') == [ToolCall("pwd", {})]
     assert json_list.parse("All done.") == []
+    assert json_list.parse("[]") == []
     with pytest.raises(FormatError, match="invalid JSON"):
         json_list.parse('[{"name": "ls",]')
+    with pytest.raises(FormatError, match='string "name"'):
+        json_list.parse('[{"name": 3, "arguments": {}}]')
+    with pytest.raises(FormatError, match="must be a JSON object"):
+        json_list.parse('[{"name": "ls", "arguments": "a=1"}]')
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_fence_with_long_blank_run_is_fast(fmt):
+    # A backtracking fence regex once took minutes on a few thousand blank lines.
+    for text in ("```" + "\n" * 200_000 + "x", "```python" + " \n" * 100_000 + "```x", "```" + " " * 200_000):
+        start = time.perf_counter()
+        parse_raises_only_format_error(fmt, text)
+        assert time.perf_counter() - start < 1.0
 
 
 def test_unknown_format_is_a_clear_error():
@@ -101,10 +134,15 @@ def test_render_tools_lists_every_tool_once():
         assert text.count('"name":"mv"') == 2
 
 
-def test_one_megabyte_argument_round_trips():
-    call = [ToolCall("echo", {"content": "x" * (1 << 20)})]
-    for fmt in FORMATS.values():
+def test_one_megabyte_argument():
+    call = [ToolCall("echo", {"content": "é" * (1 << 20)})]
+    for fmt in (hermes, json_list):
         assert fmt.parse(fmt.render(call)) == call
+    # The python syntax bounds its input (ast cost grows with the node count): refused, and quickly.
+    start = time.perf_counter()
+    with pytest.raises(FormatError, match="too long"):
+        python.parse(python.render(call))
+    assert time.perf_counter() - start < 1.0
 
 
 # ------------------------------------------------------------------------------- properties
@@ -113,45 +151,57 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**12), 10**12)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=10,
+    max_leaves=8,
 )
-identifiers = st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True).filter(lambda s: not keyword.iskeyword(s))
+identifiers = st.text("abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=12).filter(
+    lambda s: s.isidentifier() and not keyword.iskeyword(s)
+)
 calls = st.builds(ToolCall, identifiers, st.dictionaries(identifiers, json_values, max_size=4))
-SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+# Each example checks all three formats. Example counts: 1,500 round trips + 2 x 2,500 fuzz texts = 6,500
+# in the default suite (generation dominates the time, so checking every format per example is nearly free).
+SETTINGS = settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-@SETTINGS
-@given(calls=st.lists(calls, min_size=1, max_size=3), fmt=st.sampled_from(sorted(FORMATS)))
-def test_render_then_parse_is_identity(calls, fmt):
-    assert FORMATS[fmt].parse(FORMATS[fmt].render(calls)) == calls
+@settings(SETTINGS, max_examples=1500)
+@given(calls=st.lists(calls, min_size=1, max_size=3))
+def test_render_then_parse_is_identity(calls):
+    for fmt in FORMATS.values():
+        assert fmt.parse(fmt.render(calls)) == calls
 
 
 CONFUSING = st.sampled_from(
-    ["<tool_call>", "</tool_call>", "{", "}", "[", "]", "(", ")", '"', "'", ":", ",", "=", "\\", "\n",
-     '"name"', '"arguments"', "__import__('os')", "lambda", "```", "json", "python", "f(", "1e999", "-", "*"]
+    ["<tool_call>", "</tool_call>", "<tool_call>\n{", "}\n</tool_call>", "{", "}", "[", "]", "(", ")", '"', "'",
+     ":", ",", "=", "\\", "\n", " ", '"name"', '"arguments"', '{"name": "mv", "arguments": ', "null", "NaN",
+     "__import__('os')", "open(", "lambda:", "...", "b'", "1j", "**", "*", "-", "1e999", "9" * 5000, "f'{",
+     "```", "```json\n", "```python\n", "mv(", "f(", "x=", "source=", "True", "None", "x" * 100_000, "[" * 5000]
 )
-confusing_text = st.lists(CONFUSING | st.text(max_size=5), max_size=40).map("".join)
+confusing_text = st.lists(CONFUSING | st.text(max_size=5), max_size=30).map("".join)
 
 
 def parse_raises_only_format_error(fmt, text):
     try:
         result = FORMATS[fmt].parse(text, TOOLS)
     except FormatError as exc:
-        assert str(exc).startswith("error")
+        assert str(exc).startswith("error") and "\n" not in str(exc)
     else:
         assert all(isinstance(c, ToolCall) and isinstance(c.arguments, dict) for c in result)
 
 
-@SETTINGS
-@given(text=st.text(), fmt=st.sampled_from(sorted(FORMATS)))
-def test_arbitrary_text_raises_only_format_error(text, fmt):
-    parse_raises_only_format_error(fmt, text)
+def parse_all_formats(text):
+    for fmt in FORMATS:
+        parse_raises_only_format_error(fmt, text)
 
 
 @SETTINGS
-@given(text=confusing_text, fmt=st.sampled_from(sorted(FORMATS)))
-def test_confusing_text_raises_only_format_error(text, fmt):
-    parse_raises_only_format_error(fmt, text)
+@given(text=st.text())
+def test_arbitrary_text_raises_only_format_error(text):
+    parse_all_formats(text)
+
+
+@SETTINGS
+@given(text=confusing_text)
+def test_confusing_text_raises_only_format_error(text):
+    parse_all_formats(text)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -160,10 +210,11 @@ def test_deep_nesting_raises_only_format_error(fmt):
         parse_raises_only_format_error(fmt, "[" * depth + "]" * depth)
         parse_raises_only_format_error(fmt, "<tool_call>" + "{\"a\":" * depth + "1" + "}" * depth + "</tool_call>")
         parse_raises_only_format_error(fmt, "[f(x=" + "[" * depth + "]" * depth + ")]")
+        parse_raises_only_format_error(fmt, "[f(x=a" + "[0]" * depth + ")]")
 
 
 @pytest.mark.slow
-@settings(max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
-@given(text=confusing_text | st.text(), fmt=st.sampled_from(sorted(FORMATS)))
-def test_fuzz_parse_long(text, fmt):
-    parse_raises_only_format_error(fmt, text)
+@settings(SETTINGS, max_examples=20_000)
+@given(text=confusing_text | st.text())
+def test_fuzz_parse_long(text):
+    parse_all_formats(text)
