@@ -1,1 +1,133 @@
+"""toolrl command line: thin wrappers that parse arguments, build the config and call the library.
 
+    python launch.py tasks --env synth --split ood_content --n 3
+    python launch.py check --env bfcl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cluster.config import ConfigError, load_config
+
+console = Console()
+
+
+def _call_text(call) -> str:
+    return f"{call.name}({', '.join(f'{k}={v!r}' for k, v in call.arguments.items())})"
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from rollout.envs import load_tasks
+
+    config = load_config(args.config, args.set)
+    env = args.env or config.env.name
+    seed = config.env.seed if args.seed is None else args.seed
+    for task in load_tasks(env, args.split, seed=seed, limit=args.n):
+        if args.json:
+            print(json.dumps(task.to_dict(), ensure_ascii=False))
+            continue
+        console.rule(f"[bold]{task.id}[/bold]  ({task.category}; {', '.join(task.classes)})")
+        for turn, (messages, calls) in enumerate(zip(task.turns, task.ground_truth)):
+            for message in messages:
+                console.print(f"[cyan]user[/cyan] [{turn}] {message}", markup=True, highlight=False)
+            for call in calls or []:
+                console.print(f"    [green]→ {_call_text(call)}[/green]", highlight=False)
+            if not calls:
+                console.print("    [yellow](no call expected: something is missing)[/yellow]")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from rollout.envs import load_tasks, replay_ground_truth
+
+    config = load_config(args.config, args.set)
+    reward = config.env.reward if args.mode is None else config.env.reward.model_copy(update={"mode": args.mode})
+    seed = config.env.seed if args.seed is None else args.seed
+    tasks = load_tasks(args.env, args.split, seed=seed)
+    total, passed, failures = Counter(), Counter(), []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task(f"replaying {args.env}/{args.split}", total=len(tasks))
+        for task in tasks:
+            result = replay_ground_truth(task, reward)
+            total[task.category] += 1
+            if result.success and result.reward == 1.0:
+                passed[task.category] += 1
+            else:
+                failures.append((task.id, result.first_failed_turn, result.failure))
+            progress.advance(bar)
+    table = Table(title=f"ground truth through {args.env}/{args.split} ({reward.mode} scoring)")
+    for column in ("category", "tasks", "score 1.0", "pass rate"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for category in sorted(total):
+        table.add_row(category, str(total[category]), str(passed[category]), f"{passed[category] / total[category]:.1%}")
+    n, ok = sum(total.values()), sum(passed.values())
+    table.add_row("[bold]total[/bold]", str(n), str(ok), f"{ok / max(n, 1):.1%}")
+    console.print(table)
+    for task_id, turn, why in failures[:10]:
+        console.print(f"[red]FAIL[/red] {task_id} turn {turn}: {why}", highlight=False)
+    return 1 if failures else 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrors(prog="launch.py", description="toolrl: RL for multi-turn tool use.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineErrors)
+
+    def add_config_flags(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config", metavar="PATH", help="YAML preset (default: built-in defaults)")
+        sub.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE",
+            help="override a config field, e.g. --set env.seed=3 (repeatable)",
+        )
+        sub.add_argument("--seed", type=int, help="split/generation seed (default: env.seed of the config)")
+
+    tasks = commands.add_parser("tasks", help="print tasks with their ground truth")
+    tasks.add_argument("--env", choices=["bfcl", "synth"], help="environment (default: env.name of the config)")
+    tasks.add_argument("--split", default="train", help="split name, e.g. train, test, ood_content, base (default: train)")
+    tasks.add_argument("--n", type=positive_int, default=5, help="how many tasks to print (default: 5)")
+    tasks.add_argument("--json", action="store_true", help="one JSON object per task instead of a readable listing")
+    add_config_flags(tasks)
+    tasks.set_defaults(run=cmd_tasks)
+
+    check = commands.add_parser(
+        "check", help="execute every ground truth through the environment and the reward; exit 1 on any miss"
+    )
+    check.add_argument("--env", choices=["bfcl", "synth"], required=True, help="environment to check")
+    check.add_argument("--split", default="all", help="split to check; 'all' is every task (default: all)")
+    check.add_argument("--mode", choices=["bfcl", "strict"], help="scoring mode (default: env.reward.mode)")
+    add_config_flags(check)
+    check.set_defaults(run=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, ValueError) as exc:  # bad input: one line, no traceback
+        print(f"error: {str(exc).removeprefix('error: ')}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,7 +44,7 @@ class EnvConfig(BaseModel):
 class RolloutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: str = Field(
-        "hermes", description="Tool-call syntax the policy writes and is parsed with: hermes, python or json."
+    format: Literal["hermes", "python", "json"] = Field(
+        "hermes", description="Tool-call syntax the policy writes and is parsed with (rollout/formats.py)."
     )
     group_size: int = Field(4, ge=1, description="Episodes sampled per task (the GRPO group size G).")
