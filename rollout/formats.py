@@ -34,6 +34,13 @@ def _tool_lines(tools: list[dict]) -> str:
     return "\n".join(json.dumps(tool, ensure_ascii=False, separators=(",", ":")) for tool in tools)
 
 
+def _listing(tools: list[dict], syntax: str) -> str:
+    return (
+        f"You can call these functions (JSON Schema, one per line):\n{_tool_lines(tools)}\n"
+        f"To call functions, reply with only {syntax}. To answer the user, reply in plain text."
+    )
+
+
 def _call_from_object(obj: Any) -> ToolCall:
     if not isinstance(obj, dict):
         raise FormatError("error: a tool call must be a JSON object with \"name\" and \"arguments\"")
@@ -133,12 +140,7 @@ class JsonListFormat:
     name = "json"
 
     def render_tools(self, tools: list[dict]) -> str:
-        return (
-            "You can call these functions (JSON Schema, one per line):\n"
-            f"{_tool_lines(tools)}\n"
-            'To call functions, reply with only a JSON list: [{"name": <function-name>, "arguments": '
-            "<args-json-object>}, ...]. To answer the user, reply in plain text."
-        )
+        return _listing(tools, 'a JSON list: [{"name": <function-name>, "arguments": <args-json-object>}, ...]')
 
     def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
         body = _strip_fence(text, "json")
@@ -185,11 +187,8 @@ class PythonFormat:
     _looks_like_call = re.compile(r"\[|[A-Za-z_]\w*\s*\(")
 
     def render_tools(self, tools: list[dict]) -> str:
-        return (
-            "You can call these functions (JSON Schema, one per line):\n"
-            f"{_tool_lines(tools)}\n"
-            "To call functions, reply with only a Python list of calls with keyword arguments: "
-            "[func_name1(param=value), func_name2(param=value)]. To answer the user, reply in plain text."
+        return _listing(
+            tools, "a Python list of calls with keyword arguments: [func_name1(param=value), func_name2(param=value)]"
         )
 
     def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
