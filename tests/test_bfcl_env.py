@@ -149,7 +149,7 @@ def test_format_penalty_applies_once(all_tasks):
     for turn, calls in enumerate(task.ground_truth):
         episode.begin_turn()
         if turn == 0:
-            assert episode.act("<tool_call>\n{not json\n</tool_call>", hermes)[0].startswith("error")
+            assert episode.act("<tool_call>\n{not json\n</tool_call>", hermes).format_error.startswith("error")
         episode.act(hermes.render(calls), hermes)
         episode.end_turn()
     result = episode.result()

@@ -72,8 +72,10 @@ def call_objects(draw, names):
     return {"name": name, "arguments": arguments}
 
 
-def assert_observations(observations):
+def assert_observations(step):
+    observations = step.observations
     assert isinstance(observations, list) and all(isinstance(o, str) for o in observations)
+    assert len(observations) == (1 if step.format_error else len(step.calls))
 
 
 SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -132,9 +134,9 @@ def test_one_megabyte_arguments(episodes):
         ("python", f"[echo(content='{big}', file_name='c.txt')]"),
         ("hermes", f"<tool_call>\n{{\"name\": \"{big}\", \"arguments\": {{}}}}\n</tool_call>"),
     ):
-        observations = episodes[0].act(text, FORMATS[fmt])
-        assert_observations(observations)
-        assert len(observations) == 1
+        step = episodes[0].act(text, FORMATS[fmt])
+        assert_observations(step)
+        assert len(step.observations) == 1
 
 
 def test_injection_strings_reach_no_interpreter(episodes, tmp_path):
@@ -144,10 +146,10 @@ def test_injection_strings_reach_no_interpreter(episodes, tmp_path):
             assert_observations(episodes[0].act(f"[{text}]", fmt))
     hermes = FORMATS["hermes"]
     for injection in INJECTIONS:
-        observation = episodes[0].act(
+        step = episodes[0].act(
             f'<tool_call>\n{{"name": {json.dumps(injection)}, "arguments": {{}}}}\n</tool_call>', hermes
         )
-        assert observation[0].startswith("error: unknown function")
+        assert step.observations[0].startswith("error: unknown function")
     assert not os.path.exists(SENTINEL)
 
 

@@ -47,6 +47,15 @@ class Task:
 
 
 @dataclass
+class Step:
+    """What one assistant message did: its parsed calls and the observations they produced."""
+
+    calls: list[ToolCall]
+    observations: list[str]
+    format_error: str | None = None
+
+
+@dataclass
 class TurnCheck:
     passed: bool
     reason: str | None = None  # why the turn failed, for humans and for supervision signals
@@ -159,17 +168,18 @@ class Episode:
         self._turn_calls = 0
         return self.task.turns[self.turn]
 
-    def act(self, text: str, fmt: Any) -> list[str]:
-        """Parse an assistant message in format ``fmt`` and execute its calls; returns the observations.
+    def act(self, text: str, fmt: Any) -> Step:
+        """Parse an assistant message in format ``fmt`` and execute its calls.
 
-        An unparsable message yields one error observation; a message with no call yields none.
+        An unparsable message yields one error observation; a message with no call yields none (it is
+        the reply that ends the user turn).
         """
         try:
             calls = fmt.parse(text, list(self.visible_tools.values()))
         except FormatError as exc:
             self.format_errors += 1
-            return [str(exc)]
-        return self.execute(calls)
+            return Step(calls=[], observations=[str(exc)], format_error=str(exc))
+        return Step(calls=calls, observations=self.execute(calls))
 
     def execute(self, calls: list[ToolCall]) -> list[str]:
         """Run the calls of one assistant step against the model's live instances, in order."""
