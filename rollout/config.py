@@ -48,3 +48,23 @@ class RolloutConfig(BaseModel):
         "hermes", description="Tool-call syntax the policy writes and is parsed with (rollout/formats.py)."
     )
     group_size: int = Field(4, ge=1, description="Episodes sampled per task (the GRPO group size G).")
+    workers: int = Field(1, ge=1, description="RolloutWorker actors, each with its own vLLM engine.")
+    worker_cpus: float = Field(
+        1.0, gt=0, description="Ray CPUs reserved per RolloutWorker (fractions oversubscribe small machines)."
+    )
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy, used by eval).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(192, ge=1, description="Token limit of one assistant message.")
+    max_steps_per_turn: int = Field(
+        6, ge=1, description="Assistant messages allowed in one user turn before the turn is closed."
+    )
+    max_total_tokens: int = Field(
+        2048, ge=64, description="Token limit of a whole episode; also the engine's max_model_len."
+    )
+    max_observation_chars: int = Field(
+        1200, ge=16, description="Tool results longer than this are cut (with a marker) before the model sees them."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Engine dtype. fp32 on CPU (bf16 is ~4x slower there); bf16 on GPU."
+    )
+    kv_cache_gib: int = Field(1, ge=1, description="KV-cache size of a CPU engine in GiB (ignored on GPU).")

@@ -1,0 +1,217 @@
+"""RolloutWorker: one vLLM engine driving many live tool episodes at once, returning typed trajectories.
+
+Token-in/token-out: a trajectory's ``token_ids`` are exactly what the engine was fed and produced. Only
+the text *between* generations (tool responses, the next user message, the generation prompt) is ever
+tokenised, as the chat template's delta after an ``<|im_end|>``; generated text is never re-tokenised.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rollout.config import RewardConfig, RolloutConfig
+from rollout.envs import Episode, EpisodeResult, Task
+from rollout.formats import get_format
+from rollout.types import ToolCall
+
+IM_END = "<|im_end|>"
+
+
+@dataclass
+class EpisodeRequest:
+    task: Task
+    group_id: str
+    sample_index: int
+    seed: int
+
+
+@dataclass
+class Trajectory:
+    task_id: str
+    group_id: str
+    sample_index: int
+    token_ids: list[int]
+    loss_mask: list[int]  # 1 exactly on tokens the policy generated (each message's <|im_end|> included)
+    logprobs: list[float]  # sampling logprob of each token; 0.0 where loss_mask is 0
+    messages: list[dict]  # the conversation the environment saw (assistant text decoded from its tokens)
+    calls: list[list[list[ToolCall]]]  # [user turn][assistant step] -> parsed calls
+    tool_results: list[list[list[str]]]  # [user turn][assistant step] -> observations
+    parse_errors: int
+    truncated: bool  # a message hit max_new_tokens, a turn hit max_steps_per_turn, or the episode its token limit
+    reward: float
+    result: EpisodeResult
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class LiveEpisode:
+    """One episode in progress: the token stream, its masks, and the environment behind it."""
+
+    def __init__(self, request: EpisodeRequest, tokenizer, config: RolloutConfig, reward: RewardConfig):
+        self.request, self.tokenizer, self.config = request, tokenizer, config
+        self.format = get_format(config.format)
+        self.env = Episode(request.task, reward)
+        self.end_id = tokenizer.convert_tokens_to_ids(IM_END)
+        self.messages = [{"role": "system", "content": self.format.render_tools(request.task.tools)}]
+        self.calls: list[list[list[ToolCall]]] = []
+        self.results: list[list[list[str]]] = []
+        self.token_ids: list[int] = []
+        self.loss_mask: list[int] = []
+        self.logprobs: list[float] = []
+        self.truncated = False
+        self.done = False
+        self.started = time.perf_counter()
+        self._open_turn()
+        self.token_ids = self._render(add_generation_prompt=True)
+        self.loss_mask = [0] * len(self.token_ids)
+        self.logprobs = [0.0] * len(self.token_ids)
+
+    def _render(self, add_generation_prompt: bool) -> list[int]:
+        text = self.tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _open_turn(self) -> None:
+        turn = len(self.calls)
+        user = "\n".join(self.env.begin_turn())
+        revealed = self.request.task.revealed_tools.get(turn)
+        if revealed:
+            user = self.format.render_tools(revealed) + "\n" + user
+        self.messages.append({"role": "user", "content": user})
+        self.calls.append([])
+        self.results.append([])
+
+    def _append_template_delta(self, before: int, add_generation_prompt: bool) -> None:
+        """Tokenise what the template adds after message ``before - 1`` (which ended with <|im_end|>)."""
+        previous = self.tokenizer.apply_chat_template(self.messages[:before], tokenize=False)
+        full = self.tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        if not previous.endswith(IM_END + "\n") or not full.startswith(previous):
+            raise RuntimeError("chat template is not prefix-stable after <|im_end|>; cannot append token deltas")
+        # The delta starts right after a special token, so tokenising it alone cannot change a merge.
+        delta = self.tokenizer.encode(full[len(previous) - 1 :], add_special_tokens=False)
+        self.token_ids += delta
+        self.loss_mask += [0] * len(delta)
+        self.logprobs += [0.0] * len(delta)
+
+    def receive(self, token_ids: list[int], logprobs: list[float], finished: bool) -> None:
+        """Take one generated assistant message, act on it, and append what the model sees next."""
+        self.token_ids += token_ids
+        self.loss_mask += [1] * len(token_ids)
+        self.logprobs += logprobs
+        if not finished or not token_ids or token_ids[-1] != self.end_id:
+            # cut at max_new_tokens: close the message with a template token the policy did not choose
+            self.truncated = True
+            self.token_ids.append(self.end_id)
+            self.loss_mask.append(0)
+            self.logprobs.append(0.0)
+            body = token_ids
+        else:
+            body = token_ids[:-1]
+        text = self.tokenizer.decode(body, skip_special_tokens=False)
+        before = len(self.messages) + 1
+        self.messages.append({"role": "assistant", "content": text})
+        step = self.env.act(text, self.format)
+        if step.calls or step.format_error:
+            self.calls[-1].append(step.calls)
+            self.results[-1].append(step.observations)
+            limit = self.config.max_observation_chars
+            for observation in step.observations:
+                shown = observation if len(observation) <= limit else observation[:limit] + " ...[truncated]"
+                self.messages.append({"role": "tool", "content": shown})
+            if len(self.calls[-1]) >= self.config.max_steps_per_turn:
+                self.truncated = True
+                self._close_turn()
+        else:
+            self._close_turn()
+        if not self.done:
+            self._append_template_delta(before, add_generation_prompt=True)
+            if len(self.token_ids) + self.config.max_new_tokens > self.config.max_total_tokens:
+                self.truncated = True
+                self._finish_early()
+
+    def _close_turn(self) -> None:
+        self.env.end_turn()
+        if self.env.done:
+            self.done = True
+        else:
+            self._open_turn()
+
+    def _finish_early(self) -> None:
+        """Out of context: the open turn and all later ones end without further calls (and are scored)."""
+        # the appended user/tool messages were never answered; drop their tokens from the trajectory
+        while self.loss_mask and self.loss_mask[-1] == 0:
+            self.token_ids.pop()
+            self.loss_mask.pop()
+            self.logprobs.pop()
+        while not self.env.done:
+            self.env.end_turn()
+            if not self.env.done:
+                self.env.begin_turn()
+        self.done = True
+
+    def trajectory(self) -> Trajectory:
+        result = self.env.result()
+        return Trajectory(
+            task_id=self.request.task.id,
+            group_id=self.request.group_id,
+            sample_index=self.request.sample_index,
+            token_ids=self.token_ids,
+            loss_mask=self.loss_mask,
+            logprobs=self.logprobs,
+            messages=self.messages,
+            calls=self.calls,
+            tool_results=self.results,
+            parse_errors=result.format_errors,
+            truncated=self.truncated,
+            reward=result.reward,
+            result=result,
+            timings={"episode_s": time.perf_counter() - self.started},
+        )
+
+
+class RolloutWorker:
+    """Holds one engine; ``run`` plays a batch of episodes with continuous batching across them.
+
+    Used directly in-process, or as a Ray actor (``ray.remote(RolloutWorker)``) — the same class.
+    """
+
+    def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0):
+        from transformers import AutoTokenizer
+
+        from rollout.engine import Engine
+
+        self.config, self.reward = config, reward
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self.engine = Engine(model_path, dtype=config.dtype, max_model_len=config.max_total_tokens, seed=seed,
+                             kv_cache_gib=config.kv_cache_gib)
+
+    def run(self, requests: list[EpisodeRequest], temperature: float | None = None) -> list[Trajectory]:
+        live = [LiveEpisode(r, self.tokenizer, self.config, self.reward) for r in requests]
+        end_id = live[0].end_id if live else None
+        rounds: list[int] = [0] * len(live)
+        started = time.perf_counter()
+        generated = 0
+        while pending := [i for i, episode in enumerate(live) if not episode.done]:
+            # every episode waiting for the model goes into one engine call
+            outputs = self.engine.generate(
+                [live[i].token_ids for i in pending],
+                max_tokens=self.config.max_new_tokens,
+                stop_token_ids=[end_id],
+                temperature=self.config.temperature if temperature is None else temperature,
+                top_p=self.config.top_p,
+                seeds=[live[i].request.seed * 1000 + rounds[i] for i in pending],
+            )
+            for i, output in zip(pending, outputs):
+                rounds[i] += 1
+                generated += len(output.token_ids)
+                live[i].receive(output.token_ids, output.logprobs, output.finish_reason == "stop")
+        trajectories = [episode.trajectory() for episode in live]
+        elapsed = time.perf_counter() - started
+        for trajectory in trajectories:
+            trajectory.timings.update(batch_s=elapsed, batch_generated_tokens=float(generated))
+        return trajectories
+
+    def update_weights(self, state_dict) -> None:
+        self.engine.update_weights(state_dict)
+
+    def ready(self) -> bool:
+        return True

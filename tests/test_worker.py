@@ -1,0 +1,104 @@
+"""RolloutWorker: token layout and loss mask against the real chat template, then real vLLM and Ray."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from learner.models import build_default_model
+from rollout.config import RewardConfig, RolloutConfig
+from rollout.envs import load_tasks
+from rollout.expert import expert_messages
+from rollout.formats import get_format
+from rollout.worker import EpisodeRequest, LiveEpisode, RolloutWorker
+
+CONFIG = RolloutConfig(max_new_tokens=48, max_total_tokens=1024)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(build_default_model(tmp_path_factory.mktemp("policy") / "tiny", size="tiny", seed=0, n_tasks=60))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def scripted_episode(task, tokenizer, fmt="hermes"):
+    """Drive a LiveEpisode with the expert's assistant messages as if the engine had generated them."""
+    replies = [m["content"] for m in expert_messages(task, get_format(fmt)) if m["role"] == "assistant"]
+    config = CONFIG.model_copy(update={"format": fmt, "max_total_tokens": 8192})
+    episode = LiveEpisode(EpisodeRequest(task, "g0", 0, seed=0), tokenizer, config, RewardConfig())
+    generated = []
+    for reply in replies:
+        assert not episode.done
+        tokens = tokenizer.encode(reply, add_special_tokens=False) + [episode.end_id]
+        start = len(episode.token_ids)
+        episode.receive(tokens, [-0.5] * len(tokens), finished=True)
+        generated.append((start, tokens))
+    assert episode.done
+    return episode.trajectory(), generated
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "python", "json"])
+def test_loss_mask_covers_exactly_the_generated_tokens(tokenizer, fmt):
+    task = load_tasks("synth", "train", limit=3)[2]
+    trajectory, generated = scripted_episode(task, tokenizer, fmt)
+    expected = [0] * len(trajectory.token_ids)
+    for start, tokens in generated:
+        assert trajectory.token_ids[start : start + len(tokens)] == tokens
+        expected[start : start + len(tokens)] = [1] * len(tokens)
+        # the first generated token follows the generation prompt; the last is the message's <|im_end|>
+        assert tokenizer.decode(trajectory.token_ids[:start]).endswith("<|im_start|>assistant\n")
+        assert tokens[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert trajectory.loss_mask == expected
+    assert [lp != 0.0 for lp in trajectory.logprobs] == [bool(m) for m in expected]
+    assert trajectory.result.success and trajectory.reward == 1.0
+    assert trajectory.parse_errors == 0 and not trajectory.truncated
+
+
+def test_tokens_decode_to_the_conversation_the_environment_saw(tokenizer):
+    task = load_tasks("synth", "train", limit=5)[4]
+    trajectory, _ = scripted_episode(task, tokenizer)
+    rendered = tokenizer.apply_chat_template(trajectory.messages, tokenize=False)
+    assert tokenizer.decode(trajectory.token_ids) == rendered.removesuffix("\n")
+    # and the prompt the engine saw first is exactly the template's generation prompt
+    first = tokenizer.apply_chat_template(trajectory.messages[:2], tokenize=False, add_generation_prompt=True)
+    assert trajectory.token_ids[: len(tokenizer.encode(first))] == tokenizer.encode(first)
+    tool_messages = [m for m in trajectory.messages if m["role"] == "tool"]
+    assert len(tool_messages) == sum(len(c) for turn in trajectory.calls for c in turn)
+
+
+def test_bad_output_is_an_observation_and_limits_truncate(tokenizer):
+    task = load_tasks("synth", "test", limit=1)[0]
+    config = CONFIG.model_copy(update={"max_steps_per_turn": 2})
+    episode = LiveEpisode(EpisodeRequest(task, "g", 0, 0), tokenizer, config, RewardConfig(format_penalty=0.1))
+    broken = tokenizer.encode("<tool_call>\n{\"name\": oops\n</tool_call>", add_special_tokens=False)
+    episode.receive(broken + [episode.end_id], [-1.0] * (len(broken) + 1), finished=True)
+    assert episode.messages[-1]["role"] == "tool" and episode.messages[-1]["content"].startswith("error: invalid JSON")
+    cut = tokenizer.encode("<tool_call>\n{\"name\"", add_special_tokens=False)
+    before = len(episode.token_ids)
+    episode.receive(cut, [-1.0] * len(cut), finished=False)  # max_new_tokens reached mid-call
+    closing = before + len(cut)
+    assert episode.token_ids[closing] == episode.end_id and episode.loss_mask[closing] == 0
+    assert episode.loss_mask[before:closing] == [1] * len(cut)
+    assert episode.truncated and episode.env.format_errors == 2
+    assert len(episode.calls[0]) == 2 and len(episode.env.turn_checks) == 1  # the turn closed after 2 steps
+
+
+@pytest.mark.slow
+def test_vllm_worker_runs_episodes_with_aligned_logprobs(model_dir):
+    worker = RolloutWorker(model_dir, CONFIG, RewardConfig())
+    tasks = load_tasks("synth", "test", limit=3)
+    requests = [EpisodeRequest(t, f"g{i}", j, seed=10 * i + j) for i, t in enumerate(tasks) for j in range(2)]
+    trajectories = worker.run(requests)
+    assert len(trajectories) == 6
+    for trajectory in trajectories:
+        assert len(trajectory.token_ids) == len(trajectory.loss_mask) == len(trajectory.logprobs)
+        generated = [lp for lp, m in zip(trajectory.logprobs, trajectory.loss_mask) if m]
+        assert generated and all(lp <= 0.0 for lp in generated)
+        assert trajectory.result.turns == len(load_tasks("synth", "test", limit=3)[int(trajectory.group_id[1:])].turns)
+    # same seeds, same trajectories
+    again = worker.run(requests)
+    assert [t.token_ids for t in again] == [t.token_ids for t in trajectories]
