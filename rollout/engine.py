@@ -33,8 +33,11 @@ class Engine:
         from vllm import LLM
 
         extra = {"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {}
+        # No chunked prefill: vLLM discards the sample of a partly prefilled request by rewinding its
+        # seeded generator, which CPU generators cannot do ("CPU Generator does not use offset").
         self.llm = LLM(model=str(model_path), dtype=dtype, enforce_eager=not on_gpu, max_model_len=max_model_len,
-                       seed=seed, skip_tokenizer_init=True, **extra)
+                       seed=seed, skip_tokenizer_init=True, enable_chunked_prefill=False,
+                       max_num_batched_tokens=max(max_model_len, 8192), **extra)
         torch.set_num_threads = set_num_threads
         self.max_model_len = max_model_len
 

@@ -215,3 +215,36 @@ class RolloutWorker:
 
     def ready(self) -> bool:
         return True
+
+
+class RolloutPool:
+    """Several RolloutWorker actors sharing each batch; their number is independent of the learner."""
+
+    def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0):
+        import ray
+
+        actor = ray.remote(num_cpus=config.worker_cpus)(RolloutWorker)
+        self.workers = [actor.remote(str(model_path), config, reward, seed + rank) for rank in range(config.workers)]
+        ray.get([w.ready.remote() for w in self.workers])
+        self.config = config
+
+    def generate(self, tasks: list[Task], group_size: int, seed: int, temperature: float | None = None,
+                 tag: str = "") -> list[Trajectory]:
+        """G episodes per task; whole groups go to one worker (their prompts share a cached prefix)."""
+        import ray
+
+        requests = [
+            [EpisodeRequest(task, f"{tag}{index}:{task.id}", k, seed=seed + index * group_size + k) for k in range(group_size)]
+            for index, task in enumerate(tasks)
+        ]
+        shares: list[list[EpisodeRequest]] = [[] for _ in self.workers]
+        for index, group in enumerate(requests):
+            shares[index % len(self.workers)].extend(group)
+        futures = [w.run.remote(share, temperature) for w, share in zip(self.workers, shares) if share]
+        return [t for batch in ray.get(futures) for t in batch]
+
+    def update_weights(self, state_dict) -> None:
+        import ray
+
+        shared = ray.put(state_dict)  # one copy in the object store, read by every worker
+        ray.get([w.update_weights.remote(shared) for w in self.workers])

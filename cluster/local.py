@@ -1,0 +1,26 @@
+"""Connecting to Ray: an embedded local instance on loopback by default, or an existing cluster."""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start (or join) Ray. The embedded default listens on 127.0.0.1 only, dashboard included."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Without this Ray binds the routable address even for a purely local instance.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # Two cores run a learner and several engines: oversubscribe logical CPUs so fractional actors fit.
+    ray.init(
+        num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1)),
+        _node_ip_address="127.0.0.1",
+        dashboard_host="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+    )
