@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -77,6 +78,47 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cluster.local import init_ray
+    from learner.models import ensure_default_model
+    from rollout.envs import load_tasks
+    from rollout.evaluate import evaluate, summarize
+    from rollout.worker import RolloutPool
+
+    overrides = list(args.set)
+    if args.format:
+        overrides.append(f"rollout.format={args.format}")
+    if args.workers:
+        overrides.append(f"rollout.workers={args.workers}")
+    config = load_config(args.config, overrides)
+    env = args.env or config.env.name
+    split = args.split or config.env.eval_split
+    seed = config.env.seed if args.seed is None else args.seed
+    tasks = load_tasks(env, split, seed=seed, limit=args.limit)
+    model = ensure_default_model() if args.model == "default" else args.model
+    init_ray(args.address)
+    with console.status(f"starting {config.rollout.workers} rollout worker(s) on {model}"):
+        pool = RolloutPool(str(model), config.rollout, config.env.reward, seed=seed)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task(f"eval {env}/{split} ({config.rollout.format})", total=len(tasks))
+        rows = evaluate(pool, tasks, chunk=8 * config.rollout.workers, on_progress=lambda n: progress.advance(bar, n))
+    summary = summarize(rows)
+    table = Table(title=f"{env}/{split}, format {config.rollout.format}, greedy, model {model}")
+    for column in ("category", "tasks", "success", "turn accuracy", "parse errors"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for name, row in summary.items():
+        table.add_row(name, str(row["tasks"]), f"{row['success']:.1%}", f"{row['turn_accuracy']:.1%}",
+                      f"{row['parse_error_rate']:.1%}")
+    console.print(table)
+    if args.json:
+        report = {"model": str(model), "env": env, "split": split, "format": config.rollout.format,
+                  "summary": summary, "tasks": rows}
+        Path(args.json).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        console.print(f"per-task results: {args.json}")
+    return 0
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -117,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mode", choices=["bfcl", "strict"], help="scoring mode (default: env.reward.mode)")
     add_config_flags(check)
     check.set_defaults(run=cmd_check)
+
+    evaluation = commands.add_parser("eval", help="greedy evaluation of a policy on a split, per-category table")
+    evaluation.add_argument("--model", default="default",
+                            help="local HF model directory, or 'default' (the embedded tiny policy, built offline if missing)")
+    evaluation.add_argument("--env", choices=["bfcl", "synth"], help="environment (default: env.name of the config)")
+    evaluation.add_argument("--split", help="split to evaluate (default: env.eval_split of the config)")
+    evaluation.add_argument("--format", choices=["hermes", "python", "json"],
+                            help="tool-call syntax in the prompt and the parser (default: rollout.format)")
+    evaluation.add_argument("--workers", type=positive_int, help="RolloutWorker actors (default: rollout.workers)")
+    evaluation.add_argument("--limit", type=positive_int, help="evaluate only the first K tasks of the split")
+    evaluation.add_argument("--json", metavar="OUT", help="write the summary and per-task results to this JSON file")
+    evaluation.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray on 127.0.0.1)")
+    add_config_flags(evaluation)
+    evaluation.set_defaults(run=cmd_eval)
     return parser
 
 

@@ -16,7 +16,7 @@ def launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.mark.parametrize("command", [[], ["tasks"], ["check"]])
+@pytest.mark.parametrize("command", [[], ["tasks"], ["check"], ["eval"]])
 def test_help(command):
     result = launch(*command, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout
@@ -78,3 +78,21 @@ def test_check_exits_1_and_names_the_failure(monkeypatch, capsys):
     monkeypatch.setattr(envs, "replay_ground_truth", break_one)
     assert cli.main(["check", "--env", "synth", "--split", "test"]) == 1
     assert "synth_test_3 turn 0: state mismatch in X: y" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eval_builds_the_default_offline_and_reports(tmp_path):
+    out = tmp_path / "eval.json"
+    env = {**__import__("os").environ, "TOOLRL_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "launch.py", "eval", "--model", "default", "--env", "synth", "--split", "test",
+         "--limit", "6", "--workers", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "turn accuracy" in result.stdout and "all" in result.stdout
+    report = json.loads(out.read_text())
+    assert [row["id"] for row in report["tasks"]] == [f"synth_test_{i}" for i in range(6)]
+    assert report["summary"]["all"]["tasks"] == 6
+    assert all(row["generated_tokens"] > 0 and row["turns"] >= 1 for row in report["tasks"])
+    assert (tmp_path / "home" / "default-tiny" / "config.json").exists()
