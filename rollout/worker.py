@@ -7,8 +7,10 @@ tokenised, as the chat template's delta after an ``<|im_end|>``; generated text 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import Episode, EpisodeResult, Task
@@ -65,6 +67,11 @@ class LiveEpisode:
         self.token_ids = self._render(add_generation_prompt=True)
         self.loss_mask = [0] * len(self.token_ids)
         self.logprobs = [0.0] * len(self.token_ids)
+        if len(self.token_ids) + config.max_new_tokens > config.max_total_tokens:
+            # the task does not fit the context at all (e.g. BFCL's tool docs for a tiny model): it is
+            # scored as a failure without a generation, never sent to the engine
+            self.truncated = True
+            self._finish_early(keep_prompt=True)
 
     def _render(self, add_generation_prompt: bool) -> list[int]:
         text = self.tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -135,10 +142,10 @@ class LiveEpisode:
         else:
             self._open_turn()
 
-    def _finish_early(self) -> None:
+    def _finish_early(self, keep_prompt: bool = False) -> None:
         """Out of context: the open turn and all later ones end without further calls (and are scored)."""
         # the appended user/tool messages were never answered; drop their tokens from the trajectory
-        while self.loss_mask and self.loss_mask[-1] == 0:
+        while not keep_prompt and self.loss_mask and self.loss_mask[-1] == 0:
             self.token_ids.pop()
             self.loss_mask.pop()
             self.logprobs.pop()
@@ -217,12 +224,22 @@ class RolloutWorker:
         return True
 
 
+def model_context_length(model_path: str) -> int:
+    config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("max_position_embeddings", 1 << 30))
+
+
 class RolloutPool:
     """Several RolloutWorker actors sharing each batch; their number is independent of the learner."""
 
     def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0):
         import ray
 
+        limit = model_context_length(model_path)
+        if config.max_total_tokens > limit:
+            raise ValueError(
+                f"rollout.max_total_tokens={config.max_total_tokens} exceeds the model's context of {limit} tokens"
+            )
         actor = ray.remote(num_cpus=config.worker_cpus)(RolloutWorker)
         self.workers = [actor.remote(str(model_path), config, reward, seed + rank) for rank in range(config.workers)]
         ray.get([w.ready.remote() for w in self.workers])

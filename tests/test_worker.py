@@ -87,6 +87,15 @@ def test_bad_output_is_an_observation_and_limits_truncate(tokenizer):
     assert len(episode.calls[0]) == 2 and len(episode.env.turn_checks) == 1  # the turn closed after 2 steps
 
 
+def test_a_task_longer_than_the_context_fails_without_generating(tokenizer):
+    task = next(t for t in load_tasks("bfcl", "test") if t.category == "long_context")
+    episode = LiveEpisode(EpisodeRequest(task, "g", 0, 0), tokenizer, CONFIG, RewardConfig())
+    assert episode.done and episode.truncated
+    trajectory = episode.trajectory()
+    assert not trajectory.result.success and trajectory.result.turns == len(task.turns)
+    assert sum(trajectory.loss_mask) == 0
+
+
 @pytest.mark.slow
 def test_vllm_worker_runs_episodes_with_aligned_logprobs(model_dir):
     worker = RolloutWorker(model_dir, CONFIG, RewardConfig())
