@@ -96,3 +96,10 @@ def test_eval_builds_the_default_offline_and_reports(tmp_path):
     assert report["summary"]["all"]["tasks"] == 6
     assert all(row["generated_tokens"] > 0 and row["turns"] >= 1 for row in report["tasks"])
     assert (tmp_path / "home" / "default-tiny" / "config.json").exists()
+
+
+def test_check_synth_all_splits_passes():
+    """What `make train` runs first (the default split `all`)."""
+    result = launch("check", "--env", "synth")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1400" in next(line for line in result.stdout.splitlines() if "total" in line)

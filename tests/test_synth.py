@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rollout.envs import Episode, load_tasks, replay_ground_truth, run_episode, split_names, synth
+from rollout.envs.synth_templates import HELD_OUT_CLASSES, TEMPLATES
 from rollout.types import ToolCall
 
 JSON_TYPES = {
@@ -44,7 +45,8 @@ def test_generation_is_deterministic_and_depends_on_the_seed():
 
 def test_splits_sizes_and_registry(tasks):
     assert {split: len(split_tasks) for split, split_tasks in tasks.items()} == synth.SPLIT_SIZES
-    assert split_names("synth") == list(synth.SPLITS)
+    assert split_names("synth") == [*synth.SPLITS, "all"]
+    assert len(load_tasks("synth", "all")) == sum(synth.SPLIT_SIZES.values())
     assert load_tasks("synth", "test", limit=3) == tasks["test"][:3]
     with pytest.raises(ValueError, match="unknown synth split 'x'; choose from train, test, ood_content"):
         synth.load_tasks("x")
@@ -89,13 +91,13 @@ def test_ood_content_shares_no_template_and_no_held_out_class_with_train(tasks, 
     ood = {name for names in templates["ood_content"] for name in names}
     assert train.isdisjoint(ood)
     assert {name for names in templates["test"] for name in names} <= train
-    held_out = set(synth.HELD_OUT_CLASSES)
+    held_out = set(HELD_OUT_CLASSES)
     assert all(held_out.isdisjoint(task.classes) for task in tasks["train"] + tasks["test"])
     assert held_out <= {cls for task in tasks["ood_content"] for cls in task.classes}
     # the registry's promise, with the generated tasks using all of it
-    assert train == {t.name for t in synth.TEMPLATES.values() if not t.held_out} and len(train) >= 12
-    assert ood == {t.name for t in synth.TEMPLATES.values() if t.held_out} and len(ood) >= 4
-    assert len({synth.TEMPLATES[name].cls for name in train}) >= 5
+    assert train == {t.name for t in TEMPLATES.values() if not t.held_out} and len(train) >= 12
+    assert ood == {t.name for t in TEMPLATES.values() if t.held_out} and len(ood) >= 4
+    assert len({TEMPLATES[name].cls for name in train}) >= 5
 
 
 def test_task_templates_refuses_another_seed(tasks):

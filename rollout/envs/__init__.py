@@ -20,12 +20,18 @@ def _module(env: str):
 
 
 def split_names(env: str) -> list[str]:
-    return list(_module(env).SPLITS)
+    """Named splits of ``env``; every environment also answers ``all`` (each of its tasks once)."""
+    names = list(_module(env).SPLITS)
+    return names if "all" in names else [*names, "all"]
 
 
 def load_tasks(env: str, split: str, seed: int = 0, limit: int | None = None) -> list[Task]:
     """The tasks of ``split`` in ``env`` (deterministic for a seed), the first ``limit`` of them if given."""
-    tasks = _module(env).load_tasks(split, seed)
+    module = _module(env)
+    if split == "all" and "all" not in module.SPLITS:
+        tasks = [task for name in module.SPLITS for task in module.load_tasks(name, seed)]
+    else:
+        tasks = module.load_tasks(split, seed)
     return tasks if limit is None else tasks[:limit]
 
 
