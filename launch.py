@@ -21,12 +21,21 @@ from cluster.config import ConfigError, load_config
 console = Console()
 
 
-def _call_text(call) -> str:
-    return f"{call.name}({', '.join(f'{k}={v!r}' for k, v in call.arguments.items())})"
+def _progress() -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column == columns[0] else "right")
+    return table
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     from rollout.envs import load_tasks
+    from rollout.formats import render_call
 
     config = load_config(args.config, args.set)
     env = args.env or config.env.name
@@ -40,7 +49,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             for message in messages:
                 console.print(f"[cyan]user[/cyan] [{turn}] {message}", markup=True, highlight=False)
             for call in calls or []:
-                console.print(f"    [green]→ {_call_text(call)}[/green]", highlight=False)
+                console.print(f"    [green]→ {render_call(call)}[/green]", highlight=False)
             if not calls:
                 console.print("    [yellow](no call expected: something is missing)[/yellow]")
     return 0
@@ -54,8 +63,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     seed = config.env.seed if args.seed is None else args.seed
     tasks = load_tasks(args.env, args.split, seed=seed)
     total, passed, failures = Counter(), Counter(), []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _progress() as progress:
         bar = progress.add_task(f"replaying {args.env}/{args.split}", total=len(tasks))
         for task in tasks:
             result = replay_ground_truth(task, reward)
@@ -65,9 +73,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             else:
                 failures.append((task.id, result.first_failed_turn, result.failure))
             progress.advance(bar)
-    table = Table(title=f"ground truth through {args.env}/{args.split} ({reward.mode} scoring)")
-    for column in ("category", "tasks", "score 1.0", "pass rate"):
-        table.add_column(column, justify="left" if column == "category" else "right")
+    table = _table(f"ground truth through {args.env}/{args.split} ({reward.mode} scoring)",
+                   ("category", "tasks", "score 1.0", "pass rate"))
     for category in sorted(total):
         table.add_row(category, str(total[category]), str(passed[category]), f"{passed[category] / total[category]:.1%}")
     n, ok = sum(total.values()), sum(passed.values())
@@ -99,14 +106,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     init_ray(args.address)
     with console.status(f"starting {config.rollout.workers} rollout worker(s) on {model}"):
         pool = RolloutPool(str(model), config.rollout, config.env.reward, seed=seed)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _progress() as progress:
         bar = progress.add_task(f"eval {env}/{split} ({config.rollout.format})", total=len(tasks))
         rows = evaluate(pool, tasks, chunk=8 * config.rollout.workers, on_progress=lambda n: progress.advance(bar, n))
     summary = summarize(rows)
-    table = Table(title=f"{env}/{split}, format {config.rollout.format}, greedy, model {model}")
-    for column in ("category", "tasks", "success", "turn accuracy", "parse errors"):
-        table.add_column(column, justify="left" if column == "category" else "right")
+    table = _table(f"{env}/{split}, format {config.rollout.format}, greedy, model {model}",
+                   ("category", "tasks", "success", "turn accuracy", "parse errors"))
     for name, row in summary.items():
         table.add_row(name, str(row["tasks"]), f"{row['success']:.1%}", f"{row['turn_accuracy']:.1%}",
                       f"{row['parse_error_rate']:.1%}")

@@ -180,6 +180,11 @@ def _json_like(value: Any, call_name: str) -> Any:
     raise FormatError(f"error: unsupported literal {type(value).__name__} in {call_name}() arguments")
 
 
+def render_call(call: ToolCall) -> str:
+    """One call in Python syntax, ``name(key=value, ...)`` with ``repr`` values (what BFCL's answers use)."""
+    return f"{call.name}({', '.join(f'{k}={v!r}' for k, v in call.arguments.items())})"
+
+
 class PythonFormat:
     """The BFCL/ACEBench syntax: ``[func(a=1, b='x'), g()]``, read with ``ast`` to literals only."""
 
@@ -227,7 +232,7 @@ class PythonFormat:
         return ToolCall(name, arguments)
 
     def render(self, calls: list[ToolCall]) -> str:
-        return "[" + ", ".join(f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})" for c in calls) + "]"
+        return "[" + ", ".join(render_call(c) for c in calls) + "]"
 
 
 FORMATS: dict[str, ToolFormat] = {f.name: f for f in (HermesFormat(), PythonFormat(), JsonListFormat())}

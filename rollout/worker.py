@@ -12,12 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from learner.models import IM_END
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import Episode, EpisodeResult, Task
 from rollout.formats import get_format
 from rollout.types import ToolCall
-
-IM_END = "<|im_end|>"
 
 
 @dataclass

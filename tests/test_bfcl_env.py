@@ -15,6 +15,7 @@ from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import (
 from rollout.config import RewardConfig
 from rollout.envs import Episode, load_tasks, replay_ground_truth, run_episode
 from rollout.envs.bfcl import CATEGORIES, scenario_index
+from rollout.formats import render_call
 from rollout.types import ToolCall
 
 STRICT = RewardConfig(mode="strict")
@@ -159,10 +160,6 @@ def test_format_penalty_applies_once(all_tasks):
 # ---------------------------------------------------------------- agreement with bfcl-eval's checker
 
 
-def call_string(call: ToolCall) -> str:
-    return f"{call.name}({', '.join(f'{k}={v!r}' for k, v in call.arguments.items())})"
-
-
 def perturbations(task, rng):
     """Ground truth plus one perturbation of each kind that applies to this task."""
     gt = ground_truth_steps(task)
@@ -218,8 +215,8 @@ def perturbations(task, rng):
 
 def bfcl_verdict(task, steps, run_id, strict):
     """bfcl-eval's own verdict (its checker ``eval``s our strings: fine in a test, never on model output)."""
-    decoded = [[[call_string(c) for c in step] for step in turn if step] for turn in steps]
-    truth = [[call_string(c) for c in calls] for calls in task.ground_truth]
+    decoded = [[[render_call(c) for c in step] for step in turn if step] for turn in steps]
+    truth = [[render_call(c) for c in calls] for calls in task.ground_truth]
     entry = {"id": task.id, "initial_config": task.initial_config, "involved_classes": task.classes}
     name = f"toolrl_agreement_{run_id}"
     try:
