@@ -39,7 +39,6 @@ class Engine:
                        seed=seed, skip_tokenizer_init=True, enable_chunked_prefill=False,
                        max_num_batched_tokens=max(max_model_len, 8192), **extra)
         torch.set_num_threads = set_num_threads
-        self.max_model_len = max_model_len
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int, stop_token_ids: list[int],
                  temperature: float = 1.0, top_p: float = 1.0, seeds: list[int] | None = None) -> list[Generation]:

@@ -56,9 +56,6 @@ class LiveEpisode:
         self.messages = [{"role": "system", "content": self.format.render_tools(request.task.tools)}]
         self.calls: list[list[list[ToolCall]]] = []
         self.results: list[list[list[str]]] = []
-        self.token_ids: list[int] = []
-        self.loss_mask: list[int] = []
-        self.logprobs: list[float] = []
         self.truncated = False
         self.done = False
         self.started = time.perf_counter()
@@ -70,7 +67,7 @@ class LiveEpisode:
             # the task does not fit the context at all (e.g. BFCL's tool docs for a tiny model): it is
             # scored as a failure without a generation, never sent to the engine
             self.truncated = True
-            self._finish_early(keep_prompt=True)
+            self._finish_early()
 
     def _render(self, add_generation_prompt: bool) -> list[int]:
         text = self.tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -141,13 +138,15 @@ class LiveEpisode:
         else:
             self._open_turn()
 
-    def _finish_early(self, keep_prompt: bool = False) -> None:
+    def _finish_early(self) -> None:
         """Out of context: the open turn and all later ones end without further calls (and are scored)."""
-        # the appended user/tool messages were never answered; drop their tokens from the trajectory
-        while not keep_prompt and self.loss_mask and self.loss_mask[-1] == 0:
-            self.token_ids.pop()
-            self.loss_mask.pop()
-            self.logprobs.pop()
+        # user/tool messages appended after the last generation were never answered: drop their tokens
+        # (a task that never reached the engine keeps its prompt)
+        if 1 in self.loss_mask:
+            while self.loss_mask[-1] == 0:
+                self.token_ids.pop()
+                self.loss_mask.pop()
+                self.logprobs.pop()
         while not self.env.done:
             self.env.end_turn()
             if not self.env.done:
@@ -242,7 +241,6 @@ class RolloutPool:
         actor = ray.remote(num_cpus=config.worker_cpus)(RolloutWorker)
         self.workers = [actor.remote(str(model_path), config, reward, seed + rank) for rank in range(config.workers)]
         ray.get([w.ready.remote() for w in self.workers])
-        self.config = config
 
     def generate(self, tasks: list[Task], group_size: int, seed: int, temperature: float | None = None,
                  tag: str = "") -> list[Trajectory]:
