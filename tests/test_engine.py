@@ -5,15 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.models import build_default_model, load_policy
+from learner.models import load_policy
 from rollout.engine import Engine
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_default_model(tmp_path_factory.mktemp("engine") / "tiny", size="tiny", seed=0, n_tasks=60)
 
 
 def hf_logprobs(model, ids):
@@ -22,10 +17,10 @@ def hf_logprobs(model, ids):
     return logprobs[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
 
 
-def test_weight_update_in_place_matches_transformers(model_dir):
-    model, tokenizer = load_policy(model_dir)
+def test_weight_update_in_place_matches_transformers(tiny_model_dir):
+    model, tokenizer = load_policy(tiny_model_dir)
     model.eval()
-    engine = Engine(str(model_dir), max_model_len=1024)
+    engine = Engine(tiny_model_dir, max_model_len=1024)
     text = tokenizer.apply_chat_template(
         [{"role": "system", "content": "tools"}, {"role": "user", "content": "List the files in the archive folder and sort them. " * 30}],
         tokenize=False, add_generation_prompt=True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from cluster.local import init_ray
-from learner.models import build_default_model
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
 from rollout.worker import RolloutPool
@@ -22,10 +21,9 @@ def ray_session():
     ray.shutdown()
 
 
-def test_two_workers_return_every_group(ray_session, tmp_path):
-    model = build_default_model(tmp_path / "tiny", size="tiny", seed=0, n_tasks=60)
+def test_two_workers_return_every_group(ray_session, tiny_model_dir):
     config = RolloutConfig(workers=2, worker_cpus=1, max_new_tokens=32, max_total_tokens=1024)
-    pool = RolloutPool(str(model), config, RewardConfig())
+    pool = RolloutPool(tiny_model_dir, config, RewardConfig())
     tasks = load_tasks("synth", "test", limit=16)
     trajectories = pool.generate(tasks, group_size=4, seed=0)
     assert len(trajectories) == 64

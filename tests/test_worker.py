@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from learner.models import build_default_model
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
 from rollout.expert import expert_messages
@@ -16,13 +15,8 @@ CONFIG = RolloutConfig(max_new_tokens=48, max_total_tokens=1024)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(build_default_model(tmp_path_factory.mktemp("policy") / "tiny", size="tiny", seed=0, n_tasks=60))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir):
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
 
 
 def scripted_episode(task, tokenizer, fmt="hermes"):
@@ -97,8 +91,8 @@ def test_a_task_longer_than_the_context_fails_without_generating(tokenizer):
 
 
 @pytest.mark.slow
-def test_vllm_worker_runs_episodes_with_aligned_logprobs(model_dir):
-    worker = RolloutWorker(model_dir, CONFIG, RewardConfig())
+def test_vllm_worker_runs_episodes_with_aligned_logprobs(tiny_model_dir):
+    worker = RolloutWorker(tiny_model_dir, CONFIG, RewardConfig())
     tasks = load_tasks("synth", "test", limit=3)
     requests = [EpisodeRequest(t, f"g{i}", j, seed=10 * i + j) for i, t in enumerate(tasks) for j in range(2)]
     trajectories = worker.run(requests)
