@@ -135,6 +135,9 @@ class Episode:
         self._truth_instances = self._load_instances()
         self._methods = public_methods(self.instances)
         self._truth_methods = public_methods(self._truth_instances)
+        # the ground truth may call any of the task's functions, hidden ones included
+        revealed = [spec for specs in task.revealed_tools.values() for spec in specs]
+        self._truth_tools = {spec["name"]: spec for spec in [*task.tools, *revealed]}
         self.visible_tools: dict[str, dict] = {}
         self.turn = -1
         self.turn_checks: list[TurnCheck] = []
@@ -213,14 +216,10 @@ class Episode:
         if self.turn != len(self.turn_checks):
             raise RuntimeError("end_turn called outside an open turn")
         truth_calls = self.task.ground_truth[self.turn]
-        all_specs = {spec["name"]: spec for spec in self._all_specs()}
-        truth_results = [self._dispatch(call, all_specs, self._truth_methods) for call in truth_calls]
+        truth_results = [self._dispatch(call, self._truth_tools, self._truth_methods) for call in truth_calls]
         check = self._check_turn(truth_calls, truth_results)
         self.turn_checks.append(check)
         return check
-
-    def _all_specs(self) -> list[dict]:
-        return self.task.tools + [spec for specs in self.task.revealed_tools.values() for spec in specs]
 
     def _check_turn(self, truth_calls: list[ToolCall], truth_results: list[str]) -> TurnCheck:
         if not truth_calls:
