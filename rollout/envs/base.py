@@ -27,6 +27,17 @@ def api_class(name: str) -> type:
     return getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[name]), name)
 
 
+def load_instances(classes: list[str], initial_config: dict[str, dict], long_context: bool = False) -> dict[str, Any]:
+    """Fresh API instances loaded with (a copy of) their scenario, as BFCL's executor builds them."""
+    instances = {}
+    for name in classes:
+        instance = api_class(name)()
+        if name not in STATELESS_CLASSES:
+            instance._load_scenario(copy.deepcopy(initial_config.get(name, {})), long_context=long_context)
+        instances[name] = instance
+    return instances
+
+
 @dataclass
 class Task:
     """One multi-turn task. ``turns[i]`` are the user messages of turn i; ``ground_truth[i]`` its calls."""
@@ -146,14 +157,7 @@ class Episode:
         self._all_results: list[str] = []
 
     def _load_instances(self) -> dict[str, Any]:
-        instances = {}
-        for name in self.task.classes:
-            instance = api_class(name)()
-            if name not in STATELESS_CLASSES:
-                config = copy.deepcopy(self.task.initial_config.get(name, {}))
-                instance._load_scenario(config, long_context=self.task.long_context)
-            instances[name] = instance
-        return instances
+        return load_instances(self.task.classes, self.task.initial_config, self.task.long_context)
 
     @property
     def done(self) -> bool:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from bfcl_eval.constants.executable_backend_config import STATELESS_CLASSES
 from bfcl_eval.eval_checker.multi_turn_eval.func_source_code.gorilla_file_system import Directory, File
 
-from rollout.envs.base import api_class, public_methods
+from rollout.envs.base import api_class, load_instances, public_methods
 from rollout.types import ToolCall
 
 HELD_OUT_CLASSES = ("TicketAPI", "TravelAPI")  # appear only in ood_content
@@ -57,10 +56,7 @@ class Scene:
     """Live API instances of a task being generated; calling the scene executes and records one call."""
 
     def __init__(self, configs: dict[str, dict]):
-        self.apis = {name: api_class(name)() for name in configs}
-        for name, config in configs.items():
-            if name not in STATELESS_CLASSES:
-                self.apis[name]._load_scenario(copy.deepcopy(config))
+        self.apis = load_instances(list(configs), configs)
         self._methods = public_methods(self.apis)
         self.calls: list[ToolCall] = []
 
