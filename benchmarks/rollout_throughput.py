@@ -23,11 +23,11 @@ from cluster.local import init_ray
 from learner.models import build_default_model, load_policy
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
-from rollout.worker import EpisodeRequest, LiveEpisode, RolloutPool, RolloutWorker
+from rollout.worker import EpisodeRequest, LiveEpisode, RolloutPool, RolloutWorker, group_requests
 
 
 def requests_for(tasks, group: int) -> list[EpisodeRequest]:
-    return [EpisodeRequest(t, f"g{i}", k, seed=i * group + k) for i, t in enumerate(tasks) for k in range(group)]
+    return [request for requests in group_requests(tasks, group, seed=0) for request in requests]
 
 
 def worker_rate(model: str, config: RolloutConfig, requests) -> float:

@@ -222,6 +222,14 @@ class RolloutWorker:
         return True
 
 
+def group_requests(tasks: list[Task], group_size: int, seed: int, tag: str = "") -> list[list[EpisodeRequest]]:
+    """G episode requests per task, one group id per task, a distinct seed per episode."""
+    return [
+        [EpisodeRequest(task, f"{tag}{index}:{task.id}", k, seed=seed + index * group_size + k) for k in range(group_size)]
+        for index, task in enumerate(tasks)
+    ]
+
+
 def model_context_length(model_path: str) -> int:
     config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
     return int(config.get("max_position_embeddings", 1 << 30))
@@ -247,12 +255,8 @@ class RolloutPool:
         """G episodes per task; whole groups go to one worker (their prompts share a cached prefix)."""
         import ray
 
-        requests = [
-            [EpisodeRequest(task, f"{tag}{index}:{task.id}", k, seed=seed + index * group_size + k) for k in range(group_size)]
-            for index, task in enumerate(tasks)
-        ]
         shares: list[list[EpisodeRequest]] = [[] for _ in self.workers]
-        for index, group in enumerate(requests):
+        for index, group in enumerate(group_requests(tasks, group_size, seed, tag)):
             shares[index % len(self.workers)].extend(group)
         futures = [w.run.remote(share, temperature) for w, share in zip(self.workers, shares) if share]
         return [t for batch in ray.get(futures) for t in batch]
