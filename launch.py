@@ -33,14 +33,19 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
     return table
 
 
+def _config(args: argparse.Namespace, *overrides: str):
+    """The run config: the preset, then --set, then the command's own flags (which win)."""
+    flags = [f"env.seed={args.seed}"] if args.seed is not None else []
+    return load_config(args.config, [*args.set, *overrides, *flags])
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from rollout.envs import load_tasks
     from rollout.formats import render_call
 
-    config = load_config(args.config, args.set)
+    config = _config(args)
     env = args.env or config.env.name
-    seed = config.env.seed if args.seed is None else args.seed
-    for task in load_tasks(env, args.split, seed=seed, limit=args.n):
+    for task in load_tasks(env, args.split, seed=config.env.seed, limit=args.n):
         if args.json:
             print(json.dumps(task.to_dict(), ensure_ascii=False))
             continue
@@ -58,10 +63,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from rollout.envs import load_tasks, replay_ground_truth
 
-    config = load_config(args.config, args.set)
-    reward = config.env.reward if args.mode is None else config.env.reward.model_copy(update={"mode": args.mode})
-    seed = config.env.seed if args.seed is None else args.seed
-    tasks = load_tasks(args.env, args.split, seed=seed)
+    config = _config(args, *([f"env.reward.mode={args.mode}"] if args.mode else []))
+    reward = config.env.reward
+    tasks = load_tasks(args.env, args.split, seed=config.env.seed)
     total, passed, failures = Counter(), Counter(), []
     with _progress() as progress:
         bar = progress.add_task(f"replaying {args.env}/{args.split}", total=len(tasks))
@@ -92,15 +96,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rollout.evaluate import evaluate, summarize
     from rollout.worker import RolloutPool
 
-    overrides = list(args.set)
-    if args.format:
-        overrides.append(f"rollout.format={args.format}")
-    if args.workers:
-        overrides.append(f"rollout.workers={args.workers}")
-    config = load_config(args.config, overrides)
+    flags = [f"rollout.format={args.format}"] if args.format else []
+    flags += [f"rollout.workers={args.workers}"] if args.workers else []
+    config = _config(args, *flags)
     env = args.env or config.env.name
     split = args.split or config.env.eval_split
-    seed = config.env.seed if args.seed is None else args.seed
+    seed = config.env.seed
     tasks = load_tasks(env, split, seed=seed, limit=args.limit)
     model = ensure_default_model() if args.model == "default" else args.model
     init_ray(args.address)
