@@ -1,0 +1,62 @@
+"""Configuration of the learner: the optimiser, the RL (GRPO/PPO) objective, SFT, and data parallelism."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LearnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    world_size: int = Field(1, ge=1, description="Learner ranks (one FSDP2 shard each; gloo on CPU, NCCL on GPU).")
+    cpus_per_rank: float = Field(1.0, gt=0, description="Ray CPUs reserved per Learner rank.")
+    threads: int | None = Field(
+        None, ge=1,
+        description="torch threads per rank; default: the machine's cores / world_size (rollouts are idle "
+        "while the learner updates, so it may use them).",
+    )
+    gpus_per_rank: float = Field(0.0, ge=0, description="GPUs per Learner rank (1 on GPU clusters, 0 on CPU).")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate of RL updates (AdamW).")
+    sft_lr: float | None = Field(None, gt=0, description="Learning rate of SFT updates (default: lr).")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warmup from 0 to the peak lr.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="After warmup: constant, or cosine decay to 0 at the last optimizer step."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each RL batch.")
+    mini_batch_tasks: int = Field(
+        0, ge=0, description="Tasks (whole GRPO groups) per RL optimizer step; 0 = the whole batch in one step."
+    )
+    micro_batch_size: int = Field(
+        8, ge=1, description="Sequences per forward/backward pass on one rank (gradient accumulation)."
+    )
+    sft_mini_batch_size: int = Field(16, ge=1, description="Sequences per SFT optimizer step.")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio clip below 1 (ε_low).")
+    clip_high: float = Field(0.2, ge=0, description="PPO ratio clip above 1 (ε_high; > ε_low is 'clip-higher').")
+    dual_clip: float | None = Field(
+        None, gt=1, description="Dual-clip constant c > 1 bounding the loss of negative advantages (None: off)."
+    )
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
+        "token-mean", description="How per-token losses reduce to the batch loss."
+    )
+    kl_coef: float = Field(
+        0.0, ge=0, description="Weight of the k3 KL to the frozen reference policy (0 skips the reference model)."
+    )
+    entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus (entropy is logged regardless).")
+    scale_advantages_by_std: bool = Field(
+        True, description="GRPO divides by the group's reward std; false keeps only the mean baseline (Dr. GRPO)."
+    )
+    attn_implementation: str = Field(
+        "eager", description="transformers attention for training: eager (fastest for tiny models on CPU), sdpa, "
+        "flash_attention_2 (GPU).",
+    )
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> LearnerConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
+        return self

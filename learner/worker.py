@@ -1,0 +1,329 @@
+"""Learner: one FSDP2 rank per Ray actor (gloo on CPU, NCCL on GPU); RL, SFT and combined updates.
+
+Data parallelism: every rank receives the whole batch and takes the sequences ``i % world_size == rank``
+of each mini-batch (padded with empty sequences so all ranks run the same number of forward passes, which
+FSDP's collectives require). Losses are normalised by the token or sequence count of the whole
+mini-batch and multiplied by the world size, because FSDP averages gradients over ranks: the update is
+then the same for any world size and any micro-batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+
+from learner.batch import SequenceBatch
+from learner.config import LearnerConfig
+from learner.losses import entropy_loss, kl_loss, policy_loss, sequence_logprobs, sft_loss, token_entropy
+from learner.models import load_policy
+
+TRAINER_STATE = "trainer_state.pt"
+RUN_STATE = "run_state.json"
+
+
+def _shard(model: torch.nn.Module) -> torch.nn.Module:
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Learner:
+    """One rank. Used as a Ray actor through ``LearnerGroup`` (or in-process with world_size 1)."""
+
+    def __init__(self, model_path: str, config: LearnerConfig, rank: int = 0, world_size: int = 1,
+                 total_optimizer_steps: int = 1, seed: int = 0):
+        self.model_path, self.config, self.rank, self.world_size = model_path, config, rank, world_size
+        self.total_optimizer_steps, self.seed = max(total_optimizer_steps, 1), seed
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world_size))
+
+    def endpoint(self) -> tuple[str, int]:
+        """Where rank 0 can host the process group's rendezvous: this node's address and a free port."""
+        import ray
+
+        address = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        return address, free_port()
+
+    def connect(self, master_addr: str, master_port: int) -> None:
+        """Join the process group, then load and shard the policy (and the frozen reference for KL)."""
+        config = self.config
+        on_gpu = torch.cuda.is_available() and config.gpus_per_rank > 0
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        dist.init_process_group("nccl" if on_gpu else "gloo", rank=self.rank, world_size=self.world_size)
+        torch.manual_seed(self.seed)
+        model, self.tokenizer = load_policy(self.model_path, "float32", config.attn_implementation)
+        self.model = _shard(model.to(self.device))
+        self.reference = None
+        if config.kl_coef > 0:
+            reference, _ = load_policy(self.model_path, "float32", config.attn_implementation)
+            self.reference = _shard(reference.to(self.device).eval().requires_grad_(False))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay)
+        self.optimizer_step = 0
+        self.skipped_steps = 0
+
+    # ---- data layout ------------------------------------------------------------------------------------
+    def _local(self, batch: SequenceBatch) -> SequenceBatch:
+        """This rank's share, padded to the same length on every rank with empty (all-masked) sequences."""
+        mine = list(range(self.rank, len(batch), self.world_size))
+        share = batch.select(mine)
+        while len(share) < math.ceil(len(batch) / self.world_size):
+            share.token_ids.append([self.tokenizer.pad_token_id] * 2)
+            share.loss_mask.append([0, 0])
+            if share.advantages:
+                share.advantages.append(0.0)
+        return share
+
+    def _micro_batches(self, batch: SequenceBatch):
+        size = self.config.micro_batch_size
+        for start in range(0, len(batch), size):
+            part = batch.select(list(range(start, min(start + size, len(batch)))))
+            ids, attention, mask = (t.to(self.device) for t in part.padded(self.tokenizer.pad_token_id))
+            yield part, ids, attention, mask
+
+    def _logits(self, model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+
+    @torch.no_grad()
+    def _logprobs(self, model: torch.nn.Module, batch: SequenceBatch) -> list[torch.Tensor]:
+        return [sequence_logprobs(self._logits(model, ids, attention), ids)
+                for _, ids, attention, _ in self._micro_batches(batch)]
+
+    def _denominator(self, batch: SequenceBatch) -> float:
+        count = batch.tokens() if self.config.aggregation == "token-mean" else len(batch)
+        return max(count, 1) / self.world_size  # FSDP divides the summed gradients by world_size again
+
+    def _lr(self, peak: float) -> float:
+        step, warmup = self.optimizer_step, self.config.warmup_steps
+        scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if self.config.lr_schedule == "cosine" and step >= warmup:
+            progress = (step - warmup) / max(1, self.total_optimizer_steps - 1 - warmup)
+            scale *= 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return peak * scale
+
+    # ---- one optimizer step -----------------------------------------------------------------------------
+    def _optimizer_step(self, rl: tuple[SequenceBatch, list, list] | None, sft: SequenceBatch | None,
+                        sft_weight: float, peak_lr: float, denominators: tuple[float, float]) -> dict[str, float]:
+        """Accumulate gradients of ``L_rl + sft_weight · L_sft`` over micro-batches, clip, step (or skip)."""
+        cfg = self.config
+        losses = {"pg_loss": 0.0, "sft_loss": 0.0}  # this rank's share of each loss, summed over micro-batches
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def record(metrics: dict[str, float]) -> None:
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if rl is not None:
+            batch, old_logprobs, ref_logprobs = rl
+            for index, (part, ids, attention, mask) in enumerate(self._micro_batches(batch)):
+                logits = self._logits(self.model, ids, attention)
+                logprobs = sequence_logprobs(logits, ids)
+                advantages = torch.tensor(part.advantages, device=self.device)
+                loss, metrics = policy_loss(logprobs, old_logprobs[index], advantages, mask, cfg.clip_low,
+                                            cfg.clip_high, cfg.dual_clip, cfg.aggregation, denominators[0])
+                losses["pg_loss"] += loss.item()
+                record(metrics)
+                entropy, entropy_metrics = entropy_loss(token_entropy(logits), mask, cfg.aggregation, denominators[0])
+                record(entropy_metrics)
+                if cfg.entropy_coef:
+                    loss = loss - cfg.entropy_coef * entropy
+                if self.reference is not None:
+                    kl, kl_metrics = kl_loss(logprobs, ref_logprobs[index], mask, cfg.aggregation, denominators[0])
+                    record(kl_metrics)
+                    loss = loss + cfg.kl_coef * kl
+                loss.backward()
+        if sft is not None:
+            for _, ids, attention, mask in self._micro_batches(sft):
+                logprobs = sequence_logprobs(self._logits(self.model, ids, attention), ids)
+                loss, metrics = sft_loss(logprobs, mask, cfg.aggregation, denominators[1])
+                losses["sft_loss"] += loss.item()
+                record({"sft_nll": metrics["sft_nll"]})
+                (sft_weight * loss).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        lr = self._lr(peak_lr)
+        if math.isfinite(grad_norm):  # every rank sees the same global norm, so all skip together
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
+        totals = torch.tensor(list(losses.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(totals)  # each rank's share was scaled by world_size (see _denominator)
+        losses = {key: float(total) / self.world_size for key, total in zip(losses, totals.cpu())}
+        present = {"pg_loss": rl is not None, "sft_loss": sft is not None}
+        averaged = {key: sums[key] / counts[key] for key in sums}
+        return {**averaged, **{k: v for k, v in losses.items() if present[k]}, "grad_norm": grad_norm, "lr": lr, "skipped_steps": float(self.skipped_steps)}
+
+    def _mini_batches(self, batch: SequenceBatch, size: int) -> list[SequenceBatch]:
+        size = size or len(batch)
+        return [batch.select(list(range(s, min(s + size, len(batch))))) for s in range(0, len(batch), size)]
+
+    def _rl_parts(self, batch: SequenceBatch, group_size: int):
+        """Mini-batches of whole groups, each with this rank's share and its old/reference logprobs."""
+        prepared = []
+        for mini in self._mini_batches(batch, self.config.mini_batch_tasks * group_size):
+            local = self._local(mini)
+            old = self._logprobs(self.model, local)  # recomputed under the current weights, as verl does
+            ref = self._logprobs(self.reference, local) if self.reference is not None else []
+            prepared.append(((local, old, ref), self._denominator(mini)))
+        return prepared
+
+    @staticmethod
+    def _mean(metrics: list[dict[str, float]]) -> dict[str, float]:
+        return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]} if metrics else {}
+
+    # ---- public API -------------------------------------------------------------------------------------
+    def rl_update(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
+        prepared = self._rl_parts(batch, group_size)
+        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr, (denominator, 1.0))
+                   for _ in range(self.config.ppo_epochs) for rl, denominator in prepared]
+        return self._mean(metrics)
+
+    def sft_update(self, batch: SequenceBatch) -> dict[str, float]:
+        metrics = []
+        for mini in self._mini_batches(batch, self.config.sft_mini_batch_size):
+            metrics.append(self._optimizer_step(None, self._local(mini), 1.0, self.config.sft_lr or self.config.lr,
+                                                (1.0, self._denominator(mini))))
+        return self._mean(metrics)
+
+    def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
+                        group_size: int) -> dict[str, float]:
+        """Optimizer steps on ``L_rl + sft_weight · L_sft``: the SFT batch is split across the RL mini-batches."""
+        prepared = self._rl_parts(rl_batch, group_size)
+        sft_parts = _split_even(sft_batch, len(prepared))
+        metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr,
+                                        (denominator, self._denominator(sft)))
+                   for _ in range(self.config.ppo_epochs) for (rl, denominator), sft in zip(prepared, sft_parts)]
+        return self._mean(metrics)
+
+    def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
+        """Per-token logprobs of every sequence under the current weights (on rank 0; others get [])."""
+        local = self._local(batch)
+        rows = [row.tolist() for part in self._logprobs(self.model, local) for row in part]
+        rows = [row[: len(ids)] for row, ids in zip(rows, local.token_ids)]
+        gathered = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(rows, gathered, dst=0)
+        if self.rank != 0:
+            return []
+        return [gathered[i % self.world_size][i // self.world_size] for i in range(len(batch))]
+
+    def state_dict_for_rollout(self) -> dict[str, torch.Tensor]:
+        """Full weights with HF names, gathered once on rank 0 (other ranks return an empty dict)."""
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return full if self.rank == 0 else {}
+
+    def save(self, directory: str, run_state: dict) -> None:
+        """HF model + tokenizer + optimizer/step/RNG + the run's own state, written atomically."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(self.model, options=options)
+        optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        if self.rank == 0:
+            target = Path(directory)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                self.model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
+                self.tokenizer.save_pretrained(staging)
+                torch.save({"optimizer": optimizer, "optimizer_step": self.optimizer_step,
+                            "skipped_steps": self.skipped_steps, "rng": torch.get_rng_state()}, staging / TRAINER_STATE)
+                (staging / RUN_STATE).write_text(json.dumps(run_state, indent=1))
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        dist.barrier()
+
+    def load(self, directory: str) -> dict:
+        """Restore weights, optimizer and counters from ``save``'s output; returns the run state."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        weights = load_file(directory / "model.safetensors")
+        if "lm_head.weight" not in weights and self.model.config.tie_word_embeddings:
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.model, weights, options=options)
+        state = torch.load(directory / TRAINER_STATE, weights_only=False)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
+        self.optimizer_step, self.skipped_steps = state["optimizer_step"], state["skipped_steps"]
+        torch.set_rng_state(state["rng"])
+        return json.loads((directory / RUN_STATE).read_text())
+
+    def ready(self) -> bool:
+        return True
+
+
+def _split_even(batch: SequenceBatch, parts: int) -> list[SequenceBatch]:
+    """``parts`` consecutive slices whose sizes differ by at most one (some may be empty)."""
+    bounds = [round(i * len(batch) / parts) for i in range(parts + 1)]
+    return [batch.select(list(range(bounds[i], bounds[i + 1]))) for i in range(parts)]
+
+
+class LearnerGroup:
+    """``world_size`` Learner actors driven in lockstep; each call returns rank 0's answer."""
+
+    def __init__(self, model_path: str, config: LearnerConfig, total_optimizer_steps: int, seed: int = 0):
+        import ray
+
+        actor = ray.remote(num_cpus=config.cpus_per_rank, num_gpus=config.gpus_per_rank)(Learner)
+        self.ranks = [actor.remote(str(model_path), config, rank, config.world_size, total_optimizer_steps, seed)
+                      for rank in range(config.world_size)]
+        address, port = ray.get(self.ranks[0].endpoint.remote())
+        ray.get([rank.connect.remote(address, port) for rank in self.ranks])
+
+    def _call(self, method: str, *args):
+        import ray
+
+        shared = [ray.put(a) if isinstance(a, SequenceBatch) else a for a in args]  # one copy for all ranks
+        return ray.get([getattr(rank, method).remote(*shared) for rank in self.ranks])[0]
+
+    def rl_update(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
+        return self._call("rl_update", batch, group_size)
+
+    def sft_update(self, batch: SequenceBatch) -> dict[str, float]:
+        return self._call("sft_update", batch)
+
+    def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
+                        group_size: int) -> dict[str, float]:
+        return self._call("combined_update", rl_batch, sft_batch, sft_weight, group_size)
+
+    def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
+        return self._call("logprobs", batch)
+
+    def state_dict_for_rollout(self) -> dict[str, torch.Tensor]:
+        return self._call("state_dict_for_rollout")
+
+    def save(self, directory: str, run_state: dict) -> None:
+        self._call("save", directory, run_state)
+
+    def load(self, directory: str) -> dict:
+        return self._call("load", directory)
