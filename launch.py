@@ -125,6 +125,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step_line(metrics: dict) -> str:
+    phases = " ".join(f"{phase} {metrics[f'time/{phase}_s']:.1f}s"
+                      for phase in ("sample", "supervise", "update", "sync", "observe"))
+    evaluated = f" eval success {metrics['eval/success']:.1%}" if "eval/success" in metrics else ""
+    return (f"step {metrics['step']}: reward {metrics['reward']:.3f} success {metrics['success']:.1%}"
+            f"{evaluated} | {phases}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.local import init_ray
+    from cluster.scheduler import Scheduler, checkpoint_to_resume
+
+    config = _config(args)
+    checkpoint_to_resume(config)  # a run directory problem is a one-line error before anything starts
+    init_ray(args.address)
+    total = config.trainer.total_steps
+    with console.status(f"starting {config.rollout.workers} rollout worker(s) and {config.learner.world_size} "
+                        f"learner rank(s) for run {config.run_path()}"):
+        scheduler = ray.remote(num_cpus=0)(Scheduler).remote(config)
+        initial = ray.get(scheduler.initial_eval.remote())
+    if initial:
+        console.print(f"step 0: eval success {initial['eval/success']:.1%}", highlight=False)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("training", total=total)
+        step = 0
+        while step < total:
+            metrics = ray.get(scheduler.train_step.remote())
+            step = metrics["step"]
+            progress.update(bar, completed=step, description=f"training (reward {metrics['reward']:.2f})")
+            progress.console.print(_step_line(metrics), highlight=False)
+    ray.get(scheduler.close.remote())
+    console.print(f"run directory: {config.run_path()}")
+    return 0
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -179,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray on 127.0.0.1)")
     add_config_flags(evaluation)
     evaluation.set_defaults(run=cmd_eval)
+
+    train = commands.add_parser("train", help="GRPO training: sample → supervise → update → sync → observe")
+    train.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray on 127.0.0.1)")
+    add_config_flags(train)
+    train.set_defaults(run=cmd_train)
     return parser
 
 

@@ -11,11 +11,31 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from learner.config import LearnerConfig
 from rollout.config import EnvConfig, RolloutConfig
 
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message is one line naming the field and the reason."""
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("default", description="Local HF model directory to start from, or 'default' (the "
+                       "committed embedded policy).")
+    total_steps: int = Field(40, ge=1, description="Training steps (sample → supervise → update → sync → observe).")
+    tasks_per_step: int = Field(8, ge=1, description="Tasks drawn per step; each is rolled out group_size times.")
+    run_dir: str | None = Field(None, description="Run directory (default: runs/<name>).")
+    resume: bool = Field(False, description="Continue from the run directory's latest checkpoint.")
+    eval_every: int = Field(10, ge=0, description="Greedy eval on env.eval_split every N steps, before step 1 and "
+                            "after the last step (0: never).")
+    eval_tasks: int = Field(50, ge=1, description="Evaluate on the first N tasks of the eval split.")
+    save_every: int = Field(20, ge=0, description="Checkpoint every N steps and after the last step (0: only "
+                            "after the last).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest deleted first).")
+    samples_per_step: int = Field(2, ge=0, description="Trajectories per step written as text to samples/.")
+    seed: int = Field(0, description="Seed of task order and rollout sampling.")
 
 
 class ToolRLConfig(BaseModel):
@@ -24,6 +44,11 @@ class ToolRLConfig(BaseModel):
     name: str = Field("toolrl", description="Run name: the run directory is runs/<name>.")
     env: EnvConfig = Field(default_factory=EnvConfig, description="Tool environment, splits and reward.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="How episodes are sampled.")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Optimiser, RL objective, ranks.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="The training loop and its outputs.")
+
+    def run_path(self) -> Path:
+        return Path(self.trainer.run_dir or Path("runs") / self.name)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

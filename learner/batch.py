@@ -14,6 +14,7 @@ class SequenceBatch:
     token_ids: list[list[int]]
     loss_mask: list[list[int]]  # 1 on tokens the loss sees (the policy's own tokens, or the expert's for SFT)
     advantages: list[float] = field(default_factory=list)  # one per sequence; empty for SFT batches
+    sampling_logprobs: list[list[float]] = field(default_factory=list)  # the engine's, to check weight sync
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -23,6 +24,7 @@ class SequenceBatch:
             [self.token_ids[i] for i in indices],
             [self.loss_mask[i] for i in indices],
             [self.advantages[i] for i in indices] if self.advantages else [],
+            [self.sampling_logprobs[i] for i in indices] if self.sampling_logprobs else [],
         )
 
     def tokens(self) -> int:
@@ -49,4 +51,5 @@ def rl_batch(trajectories: list, scale_by_std: bool = True) -> SequenceBatch:
         torch.tensor([group_index[t.group_id] for t in trajectories]),
         scale_by_std=scale_by_std,
     )
-    return SequenceBatch([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories], advantages.tolist())
+    return SequenceBatch([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories], advantages.tolist(),
+                         [t.logprobs for t in trajectories])

@@ -95,6 +95,8 @@ class Learner:
             share.loss_mask.append([0, 0])
             if share.advantages:
                 share.advantages.append(0.0)
+            if share.sampling_logprobs:
+                share.sampling_logprobs.append([0.0, 0.0])
         return share
 
     def _micro_batches(self, batch: SequenceBatch):
@@ -188,14 +190,22 @@ class Learner:
         return [batch.select(list(range(s, min(s + size, len(batch))))) for s in range(0, len(batch), size)]
 
     def _rl_parts(self, batch: SequenceBatch, group_size: int):
-        """Mini-batches of whole groups, each with this rank's share and its old/reference logprobs."""
-        prepared = []
+        """Mini-batches of whole groups, each with this rank's share and its old/reference logprobs.
+
+        Also returns how far the engine's sampling logprobs are from the learner's: near zero when the
+        rollout weights are the learner's (fp32 on both sides), large when a weight sync went wrong.
+        """
+        prepared, differences = [], []
         for mini in self._mini_batches(batch, self.config.mini_batch_tasks * group_size):
             local = self._local(mini)
             old = self._logprobs(self.model, local)  # recomputed under the current weights, as verl does
             ref = self._logprobs(self.reference, local) if self.reference is not None else []
             prepared.append(((local, old, ref), self._denominator(mini)))
-        return prepared
+            if local.sampling_logprobs:
+                rows = [row for part in old for row in part]
+                for row, sampled, mask in zip(rows, local.sampling_logprobs, local.loss_mask):
+                    differences += [abs(row[t].item() - sampled[t]) for t in range(len(mask)) if mask[t]]
+        return prepared, differences
 
     @staticmethod
     def _mean(metrics: list[dict[str, float]]) -> dict[str, float]:
@@ -203,10 +213,10 @@ class Learner:
 
     # ---- public API -------------------------------------------------------------------------------------
     def rl_update(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
-        prepared = self._rl_parts(batch, group_size)
+        prepared, differences = self._rl_parts(batch, group_size)
         metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr, (denominator, 1.0))
                    for _ in range(self.config.ppo_epochs) for rl, denominator in prepared]
-        return self._mean(metrics)
+        return {**self._mean(metrics), **_difference_metrics(differences)}
 
     def sft_update(self, batch: SequenceBatch) -> dict[str, float]:
         metrics = []
@@ -218,12 +228,12 @@ class Learner:
     def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
                         group_size: int) -> dict[str, float]:
         """Optimizer steps on ``L_rl + sft_weight · L_sft``: the SFT batch is split across the RL mini-batches."""
-        prepared = self._rl_parts(rl_batch, group_size)
+        prepared, differences = self._rl_parts(rl_batch, group_size)
         sft_parts = _split_even(sft_batch, len(prepared))
         metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr,
                                         (denominator, self._denominator(sft)))
                    for _ in range(self.config.ppo_epochs) for (rl, denominator), sft in zip(prepared, sft_parts)]
-        return self._mean(metrics)
+        return {**self._mean(metrics), **_difference_metrics(differences)}
 
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
         """Per-token logprobs of every sequence under the current weights (on rank 0; others get [])."""
@@ -280,6 +290,12 @@ class Learner:
 
     def ready(self) -> bool:
         return True
+
+
+def _difference_metrics(differences: list[float]) -> dict[str, float]:
+    if not differences:
+        return {}
+    return {"rollout_logprob_diff": sum(differences) / len(differences), "rollout_logprob_diff_max": max(differences)}
 
 
 def _split_even(batch: SequenceBatch, parts: int) -> list[SequenceBatch]:

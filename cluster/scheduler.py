@@ -1,0 +1,223 @@
+"""The Scheduler: owns the RolloutWorker pool and the Learner group, and runs the training loop.
+
+One ``train_step`` is the five phases of the design — sample → supervise → update → sync → observe —
+each timed. The class runs as a Ray actor under ``launch.py train`` (the driver only renders progress)
+or in-process in tests; it is the same code either way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from cluster.config import ToolRLConfig, dump_config
+from learner.batch import rl_batch
+from learner.models import ensure_default_model
+from learner.worker import LearnerGroup
+from rollout.envs import load_tasks
+from rollout.evaluate import evaluate, summarize
+from rollout.worker import RolloutPool, Trajectory
+
+LATEST = "latest"
+
+
+class RunDirectoryError(ValueError):
+    """The run directory holds another run; the message says how to resume or start elsewhere."""
+
+
+class TaskSampler:
+    """Train tasks in a fresh seeded order each epoch; its position is part of a checkpoint."""
+
+    def __init__(self, tasks: list, seed: int):
+        self.tasks, self.seed, self.epoch, self.position = tasks, seed, 0, 0
+        self._order = self._shuffled()
+
+    def _shuffled(self) -> list:
+        order = list(self.tasks)
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def draw(self, n: int) -> list:
+        drawn = []
+        while len(drawn) < n:
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffled()
+            take = min(n - len(drawn), len(self._order) - self.position)
+            drawn += self._order[self.position : self.position + take]
+            self.position += take
+        return drawn
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._shuffled()
+
+
+def render_trajectory(trajectory: Trajectory) -> str:
+    result = trajectory.result
+    head = (f"### {trajectory.task_id} (sample {trajectory.sample_index}) reward={trajectory.reward:.2f} "
+            f"success={result.success} turns {result.turns_passed}/{result.turns}"
+            + (f" failure: {result.failure}" if result.failure else ""))
+    body = [f"[{m['role']}]\n{m['content']}" for m in trajectory.messages[1:]]  # the system prompt is the same every time
+    return "\n\n".join([head, *body]) + "\n"
+
+
+def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    n = len(trajectories)
+    groups: dict[str, list[float]] = {}
+    for t in trajectories:
+        groups.setdefault(t.group_id, []).append(t.reward)
+    return {
+        "reward": sum(t.reward for t in trajectories) / n,
+        "success": sum(t.result.success for t in trajectories) / n,
+        "parse_error_rate": sum(t.parse_errors > 0 for t in trajectories) / n,
+        "truncated_rate": sum(t.truncated for t in trajectories) / n,
+        "response_tokens": sum(sum(t.loss_mask) for t in trajectories) / n,
+        # groups whose rewards are all equal have zero advantage: they teach GRPO nothing
+        "flat_group_share": sum(len(set(r)) == 1 for r in groups.values()) / len(groups),
+    }
+
+
+def checkpoint_to_resume(config: ToolRLConfig) -> Path | None:
+    """The checkpoint a run continues from (None for a new run); refuses to overwrite another run."""
+    run_dir = config.run_path()
+    latest = run_dir / "checkpoints" / LATEST
+    if config.trainer.resume:
+        if not latest.exists():
+            raise RunDirectoryError(f"trainer.resume: no checkpoint to resume in {run_dir / 'checkpoints'}")
+        return run_dir / "checkpoints" / latest.read_text().strip()
+    if (run_dir / "metrics.jsonl").exists():
+        raise RunDirectoryError(
+            f"run directory {run_dir} already holds a run; resume it with --set trainer.resume=true "
+            "or pick another --set name=... / trainer.run_dir=..."
+        )
+    return None
+
+
+class Scheduler:
+    def __init__(self, config: ToolRLConfig):
+        self.config = config
+        trainer = config.trainer
+        self.run_dir = config.run_path()
+        checkpoint = checkpoint_to_resume(config)
+        self.model_path = str(ensure_default_model() if trainer.model == "default" else trainer.model)
+        self.sampler = TaskSampler(load_tasks(config.env.name, config.env.train_split, seed=config.env.seed), trainer.seed)
+        self.eval_tasks = load_tasks(config.env.name, config.env.eval_split, seed=config.env.seed, limit=trainer.eval_tasks)
+        self.pool = RolloutPool(self.model_path, config.rollout, config.env.reward, seed=trainer.seed)
+        minis = -(-trainer.tasks_per_step // config.learner.mini_batch_tasks) if config.learner.mini_batch_tasks else 1
+        self.learners = LearnerGroup(self.model_path, config.learner,
+                                     trainer.total_steps * config.learner.ppo_epochs * minis, seed=trainer.seed)
+        self.step = 0
+        self.started = time.time()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is not None:
+            state = self.learners.load(str(checkpoint))
+            self.step = state["step"]
+            self.sampler.restore(state["sampler"])
+            self.pool.update_weights(self.learners.state_dict_for_rollout())
+            self._truncate_metrics()
+        (self.run_dir / "config.yaml").write_text(dump_config(config))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        config, trainer = self.config, self.config.trainer
+        self.step += 1
+        timings: dict[str, float] = {}
+        # sample: G episodes for each drawn task, seeds derived from the step so a resumed run repeats them
+        with _timed(timings, "sample"):
+            tasks = self.sampler.draw(trainer.tasks_per_step)
+            seed = trainer.seed * 1_000_000_007 + self.step * 100_003
+            trajectories = self.pool.generate(tasks, config.rollout.group_size, seed=seed, tag=f"s{self.step}:")
+        # supervise: a pass-through until the supervision configurations land
+        with _timed(timings, "supervise"):
+            batch = rl_batch(trajectories, config.learner.scale_advantages_by_std)
+        # update: GRPO on the whole batch (old logprobs recomputed under the current weights)
+        with _timed(timings, "update"):
+            learner_metrics = self.learners.rl_update(batch, config.rollout.group_size)
+        # sync: the new weights into every engine, in place
+        with _timed(timings, "sync"):
+            self.pool.update_weights(self.learners.state_dict_for_rollout())
+        # observe: metrics, samples, periodic eval and checkpoint
+        with _timed(timings, "observe"):
+            metrics = {**rollout_metrics(trajectories), **learner_metrics}
+            self._write_samples(trajectories)
+            last = self.step == trainer.total_steps
+            if trainer.eval_every and (self.step % trainer.eval_every == 0 or last):
+                metrics.update(self.evaluate())
+            if last or (trainer.save_every and self.step % trainer.save_every == 0):
+                self.save()
+        metrics.update({f"time/{phase}_s": seconds for phase, seconds in timings.items()})
+        metrics["time/step_s"] = sum(timings.values())
+        metrics["tokens_per_s/learner"] = batch.tokens() / max(timings["update"], 1e-9)
+        self._log(metrics)
+        return {"step": self.step, **metrics}
+
+    def evaluate(self) -> dict[str, float]:
+        rows = evaluate(self.pool, self.eval_tasks, chunk=len(self.eval_tasks), on_progress=lambda n: None)
+        summary = summarize(rows)["all"]
+        return {f"eval/{key}": value for key, value in summary.items() if key != "tasks"}
+
+    def initial_eval(self) -> dict[str, float]:
+        """Eval of the starting weights, logged as step 0 (skipped when resuming or when eval is off)."""
+        if self.step or not self.config.trainer.eval_every:
+            return {}
+        metrics = self.evaluate()
+        self._log(metrics)
+        return metrics
+
+    # ---- outputs ----------------------------------------------------------------------------------------
+    def _log(self, metrics: dict[str, float]) -> None:
+        record = {"step": self.step, "wall_s": round(time.time() - self.started, 3), **metrics}
+        with (self.run_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, self.step)
+        self.writer.flush()
+
+    def _truncate_metrics(self) -> None:
+        """Drop lines logged after the checkpoint we resume from: those steps are about to run again."""
+        path = self.run_dir / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= self.step))
+
+    def _write_samples(self, trajectories: list[Trajectory]) -> None:
+        count = self.config.trainer.samples_per_step
+        if not count:
+            return
+        # one sample from each of the first groups: different tasks are more telling than siblings
+        picked = [t for t in trajectories if t.sample_index == 0][:count]
+        directory = self.run_dir / "samples"
+        directory.mkdir(exist_ok=True)
+        (directory / f"step_{self.step:06d}.txt").write_text("\n".join(render_trajectory(t) for t in picked))
+
+    def save(self) -> Path:
+        directory = self.run_dir / "checkpoints"
+        name = f"step_{self.step:06d}"
+        self.learners.save(str(directory / name), {"step": self.step, "sampler": self.sampler.state()})
+        pointer = directory / f".{LATEST}.tmp"
+        pointer.write_text(name + "\n")
+        pointer.replace(directory / LATEST)  # the pointer moves only once the checkpoint is complete
+        kept = sorted(p for p in directory.glob("step_*") if p.is_dir())
+        for old in kept[: -self.config.trainer.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return directory / name
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str):
+    started = time.perf_counter()
+    yield
+    timings[phase] = time.perf_counter() - started
