@@ -163,6 +163,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    command = args.job[1:] if args.job[:1] == ["--"] else args.job
+    if not command:
+        raise ValueError("submit: give the command to run after --, e.g. submit --address URL -- train")
+    build_parser().parse_args(command)  # a typo fails here, not minutes later on the cluster
+    job_id = jobs.submit(args.address, command, Path(__file__).resolve().parent)
+    print(job_id)
+    if not args.follow:
+        return 0
+    final = jobs.follow(args.address, job_id, lambda text: print(text, end="", flush=True))
+    console.print(f"job {job_id}: {final}", highlight=False)
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    if args.action == "status":
+        print(jobs.status(args.address, args.job_id))
+    elif args.action == "logs":
+        print(jobs.logs(args.address, args.job_id), end="")
+    else:
+        print("stopped" if jobs.stop(args.address, args.job_id) else "already finished")
+    return 0
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -222,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray on 127.0.0.1)")
     add_config_flags(train)
     train.set_defaults(run=cmd_train)
+
+    submit = commands.add_parser("submit", help="run a launch.py command on a Ray cluster through the Job API")
+    submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HOST:8265")
+    submit.add_argument("--follow", action="store_true", help="stream the job's log until it ends (exit 1 unless it succeeds)")
+    submit.add_argument("job", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                        help="the launch.py command line to run, after --, e.g. -- train --set trainer.total_steps=2")
+    submit.set_defaults(run=cmd_submit)
+
+    job = commands.add_parser("jobs", help="status, logs or stop of a submitted job")
+    job.add_argument("action", choices=["status", "logs", "stop"], help="what to do")
+    job.add_argument("job_id", metavar="JOB", help="job id printed by submit")
+    job.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HOST:8265")
+    job.set_defaults(run=cmd_jobs)
     return parser
 
 

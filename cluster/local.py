@@ -13,6 +13,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     # Without this Ray binds the routable address even for a purely local instance.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    address = address or os.environ.get("RAY_ADDRESS")  # set for drivers that the Job API started
     if address:
         ray.init(address=address, log_to_driver=True)
         return
