@@ -85,14 +85,31 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     }
 
 
+def save_checkpoint(learners, directory: Path, step: int, run_state: dict, keep: int) -> Path:
+    """``learners.save`` writes atomically; the ``latest`` pointer moves only once that has finished."""
+    name = f"step_{step:06d}"
+    learners.save(str(directory / name), run_state)
+    pointer = directory / f".{LATEST}.tmp"
+    pointer.write_text(name + "\n")
+    pointer.replace(directory / LATEST)
+    for old in sorted(p for p in directory.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory / name
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    pointer = directory / LATEST
+    return directory / pointer.read_text().strip() if pointer.exists() else None
+
+
 def checkpoint_to_resume(config: ToolRLConfig) -> Path | None:
     """The checkpoint a run continues from (None for a new run); refuses to overwrite another run."""
     run_dir = config.run_path()
-    latest = run_dir / "checkpoints" / LATEST
     if config.trainer.resume:
-        if not latest.exists():
+        latest = latest_checkpoint(run_dir / "checkpoints")
+        if latest is None:
             raise RunDirectoryError(f"trainer.resume: no checkpoint to resume in {run_dir / 'checkpoints'}")
-        return run_dir / "checkpoints" / latest.read_text().strip()
+        return latest
     if (run_dir / "metrics.jsonl").exists():
         raise RunDirectoryError(
             f"run directory {run_dir} already holds a run; resume it with --set trainer.resume=true "
@@ -201,16 +218,8 @@ class Scheduler:
         (directory / f"step_{self.step:06d}.txt").write_text("\n".join(render_trajectory(t) for t in picked))
 
     def save(self) -> Path:
-        directory = self.run_dir / "checkpoints"
-        name = f"step_{self.step:06d}"
-        self.learners.save(str(directory / name), {"step": self.step, "sampler": self.sampler.state()})
-        pointer = directory / f".{LATEST}.tmp"
-        pointer.write_text(name + "\n")
-        pointer.replace(directory / LATEST)  # the pointer moves only once the checkpoint is complete
-        kept = sorted(p for p in directory.glob("step_*") if p.is_dir())
-        for old in kept[: -self.config.trainer.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return directory / name
+        return save_checkpoint(self.learners, self.run_dir / "checkpoints", self.step,
+                               {"step": self.step, "sampler": self.sampler.state()}, self.config.trainer.keep_checkpoints)
 
     def close(self) -> None:
         self.writer.close()
