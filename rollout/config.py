@@ -52,6 +52,9 @@ class RolloutConfig(BaseModel):
     worker_cpus: float = Field(
         1.0, gt=0, description="Ray CPUs reserved per RolloutWorker (fractions oversubscribe small machines)."
     )
+    worker_gpus: float = Field(
+        0.0, ge=0, description="Ray GPUs per RolloutWorker (0 on CPU; 0.5 shares a GPU with a learner rank)."
+    )
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy, used by eval).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(192, ge=1, description="Token limit of one assistant message.")

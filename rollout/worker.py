@@ -246,7 +246,7 @@ class RolloutPool:
             raise ValueError(
                 f"rollout.max_total_tokens={config.max_total_tokens} exceeds the model's context of {limit} tokens"
             )
-        actor = ray.remote(num_cpus=config.worker_cpus)(RolloutWorker)
+        actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus)(RolloutWorker)
         self.workers = [actor.remote(str(model_path), config, reward, seed + rank) for rank in range(config.workers)]
         ray.get([w.ready.remote() for w in self.workers])
 
