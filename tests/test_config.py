@@ -69,3 +69,10 @@ def test_bad_files_fail_in_one_line(tmp_path):
         with pytest.raises(ConfigError) as info:
             load_config(path)
         assert "\n" not in str(info.value) and str(info.value).startswith("config error:")
+
+
+def test_gpu_preset_is_valid_and_mirrors_the_paper():
+    config = load_config(PRESET.parent / "bfcl-qwen2.5-1.5b-gpu.yaml")
+    assert (config.env.name, config.rollout.group_size, config.trainer.tasks_per_step) == ("bfcl", 8, 60)
+    assert (config.learner.lr, config.learner.kl_coef, config.learner.mini_batch_tasks) == (1e-6, 1e-4, 20)
+    assert config.learner.world_size * config.learner.gpus_per_rank + config.rollout.workers * config.rollout.worker_gpus == 2
