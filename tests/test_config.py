@@ -76,3 +76,25 @@ def test_gpu_preset_is_valid_and_mirrors_the_paper():
     assert (config.env.name, config.rollout.group_size, config.trainer.tasks_per_step) == ("bfcl", 8, 60)
     assert (config.learner.lr, config.learner.kl_coef, config.learner.mini_batch_tasks) == (1e-6, 1e-4, 20)
     assert config.learner.world_size * config.learner.gpus_per_rank + config.rollout.workers * config.rollout.worker_gpus == 2
+
+
+def _leaf_paths(model: type[BaseModel], prefix: str = ""):
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _leaf_paths(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_readme_documents_every_config_field_and_cli_flag():
+    from launch import build_parser
+
+    readme = (PRESET.parents[1] / "README.md").read_text()
+    missing = [path for path in _leaf_paths(ToolRLConfig) if f"`{path}`" not in readme]
+    assert not missing, f"config fields missing from README.md: {missing}"
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert flag in readme, f"launch.py {name} {flag} is not in README.md"
