@@ -19,6 +19,7 @@ from rich.table import Table
 from cluster.config import ConfigError, load_config
 
 console = Console()
+BOOTSTRAP_STEPS = 2000
 
 
 def _progress() -> Progress:
@@ -91,7 +92,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
-    from learner.models import ensure_default_model
+    from learner.models import default_policy
     from rollout.envs import load_tasks
     from rollout.evaluate import evaluate, summarize
     from rollout.worker import RolloutPool
@@ -103,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = args.split or config.env.eval_split
     seed = config.env.seed
     tasks = load_tasks(env, split, seed=seed, limit=args.limit)
-    model = ensure_default_model() if args.model == "default" else args.model
+    model = default_policy() if args.model == "default" else args.model
     init_ray(args.address)
     with console.status(f"starting {config.rollout.workers} rollout worker(s) on {model}"):
         pool = RolloutPool(str(model), config.rollout, config.env.reward, seed=seed)
@@ -160,6 +161,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress.console.print(_step_line(metrics), highlight=False)
     ray.get(scheduler.close.remote())
     console.print(f"run directory: {config.run_path()}")
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from learner.bootstrap import bootstrap
+
+    out = bootstrap(Path(args.out), steps=args.steps, seed=args.seed, size=args.size, lr=args.lr,
+                    batch_size=args.batch_size)
+    card = json.loads((out / "toolrl_model.json").read_text())
+    console.print(f"wrote {out}: {card['parameters']:,} parameters, {card['train_minutes']} min, greedy success on "
+                  f"synth/test {card['success_synth_test']:.1%}", highlight=False)
     return 0
 
 
@@ -234,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="greedy evaluation of a policy on a split, per-category table")
     evaluation.add_argument("--model", default="default",
-                            help="local HF model directory, or 'default' (the embedded tiny policy, built offline if missing)")
+                            help="local HF model directory, or 'default' (the committed embedded policy, assets/default-policy)")
     evaluation.add_argument("--env", choices=["bfcl", "synth"], help="environment (default: env.name of the config)")
     evaluation.add_argument("--split", help="split to evaluate (default: env.eval_split of the config)")
     evaluation.add_argument("--format", choices=["hermes", "python", "json"],
@@ -250,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray on 127.0.0.1)")
     add_config_flags(train)
     train.set_defaults(run=cmd_train)
+
+    boot = commands.add_parser("bootstrap", help="train the embedded default policy by SFT on expert dialogs")
+    boot.add_argument("--out", default="assets/default-policy",
+                      help="model directory to write; must not exist yet (default: assets/default-policy)")
+    boot.add_argument("--steps", type=positive_int, default=BOOTSTRAP_STEPS,
+                      help=f"optimizer steps (default: {BOOTSTRAP_STEPS}, the committed default's recipe)")
+    boot.add_argument("--seed", type=int, default=0, help="seed of the model init, tokenizer corpus and data (default: 0)")
+    boot.add_argument("--size", choices=["tiny", "small"], default="tiny", help="model size preset (default: tiny)")
+    boot.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    boot.add_argument("--batch-size", type=positive_int, default=8, help="dialogs per optimizer step (default: 8)")
+    boot.set_defaults(run=cmd_bootstrap)
 
     submit = commands.add_parser("submit", help="run a launch.py command on a Ray cluster through the Job API")
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HOST:8265")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cluster.config import ToolRLConfig, dump_config
 from learner.batch import rl_batch
-from learner.models import ensure_default_model
+from learner.models import default_policy
 from learner.worker import LearnerGroup
 from rollout.envs import load_tasks
 from rollout.evaluate import evaluate, summarize
@@ -124,7 +124,7 @@ class Scheduler:
         trainer = config.trainer
         self.run_dir = config.run_path()
         checkpoint = checkpoint_to_resume(config)
-        self.model_path = str(ensure_default_model() if trainer.model == "default" else trainer.model)
+        self.model_path = str(default_policy() if trainer.model == "default" else trainer.model)
         self.sampler = TaskSampler(load_tasks(config.env.name, config.env.train_split, seed=config.env.seed), trainer.seed)
         self.eval_tasks = load_tasks(config.env.name, config.env.eval_split, seed=config.env.seed, limit=trainer.eval_tasks)
         self.pool = RolloutPool(self.model_path, config.rollout, config.env.reward, seed=trainer.seed)

@@ -43,6 +43,29 @@ class SequenceBatch:
         return ids, attention, mask
 
 
+def dialog_sequence(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """A chat (e.g. an expert dialog) as (token_ids, loss_mask) in exactly a rollout's layout.
+
+    The mask is 1 on each assistant message's content and its ``<|im_end|>`` — what the policy would have
+    generated — and 0 on the template around them, tokenised as RolloutWorker tokenises it (the text
+    between two assistant messages on its own, starting after an ``<|im_end|>``).
+    """
+    end_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    ids: list[int] = []
+    mask: list[int] = []
+    rendered = ""
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+        context = tokenizer.encode(prompt[len(rendered):], add_special_tokens=False)
+        reply = tokenizer.encode(message["content"], add_special_tokens=False) + [end_id]
+        ids += context + reply
+        mask += [0] * len(context) + [1] * len(reply)
+        rendered = prompt + message["content"] + tokenizer.eos_token
+    return ids, mask
+
+
 def rl_batch(trajectories: list, scale_by_std: bool = True) -> SequenceBatch:
     """Trajectories (in group order) → sequences with GRPO advantages from their rewards."""
     group_index = {gid: i for i, gid in enumerate(dict.fromkeys(t.group_id for t in trajectories))}

@@ -183,19 +183,12 @@ def build_default_model(
     return out_dir
 
 
-def default_model_path() -> Path:
-    return Path(os.environ.get("TOOLRL_HOME", Path.home() / ".cache" / "toolrl")) / "default-tiny"
+DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "assets" / "default-policy"
 
 
-def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
-    """The default model directory, built on first use."""
-    path = Path(path) if path is not None else default_model_path()
-    if (path / "config.json").is_file():
-        return path
-    try:
-        return build_default_model(path)
-    except OSError:
-        # Another process may have finished the same build first; its result is identical.
-        if (path / "config.json").is_file():
-            return path
-        raise
+def default_policy() -> Path:
+    """The committed embedded default policy (trained ahead of time by ``launch.py bootstrap``)."""
+    if not (DEFAULT_POLICY / "config.json").is_file():
+        raise ValueError(f"the embedded default policy is missing at {DEFAULT_POLICY}; "
+                         "restore it from git or run `python launch.py bootstrap`")
+    return DEFAULT_POLICY

@@ -14,8 +14,6 @@ from learner.models import (
     SIZE_PRESETS,
     SPECIAL_TOKENS,
     build_default_model,
-    default_model_path,
-    ensure_default_model,
     load_policy,
     preset_config,
 )
@@ -144,7 +142,7 @@ def test_saved_model_loads_and_runs(built, policy):
 
 
 def test_build_is_deterministic(built, tmp_path):
-    again = ensure_default_model(tmp_path / "again")  # missing, so built with the same defaults
+    again = build_default_model(tmp_path / "again")  # the same defaults
     other = build_default_model(tmp_path / "seed1", seed=1)
     for name in ("model.safetensors", "tokenizer.json", "config.json", CARD_NAME):
         assert (again / name).read_bytes() == (built / name).read_bytes(), name
@@ -152,14 +150,11 @@ def test_build_is_deterministic(built, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging dirs left behind
 
 
-def test_existing_models_are_kept(built, monkeypatch):
+def test_existing_models_are_kept(built):
     before = (built / "model.safetensors").stat().st_mtime_ns
-    assert ensure_default_model(built) == built
     with pytest.raises(FileExistsError):
         build_default_model(built)
     assert (built / "model.safetensors").stat().st_mtime_ns == before
-    monkeypatch.setenv("TOOLRL_HOME", str(built.parent))
-    assert default_model_path() == built.parent / "default-tiny"
 
 
 def test_load_policy_rejects_non_model_paths(tmp_path):

@@ -105,3 +105,15 @@ def test_vllm_worker_runs_episodes_with_aligned_logprobs(tiny_model_dir):
     # same seeds, same trajectories
     again = worker.run(requests)
     assert [t.token_ids for t in again] == [t.token_ids for t in trajectories]
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "python"])
+def test_expert_dialog_sequence_has_the_rollout_layout(tokenizer, fmt):
+    """SFT data (learner.batch.dialog_sequence) is laid out token for token like a rollout of the same text."""
+    from learner.batch import dialog_sequence
+
+    for task in load_tasks("synth", "train", limit=4):
+        trajectory, _ = scripted_episode(task, tokenizer, fmt)
+        ids, mask = dialog_sequence(expert_messages(task, get_format(fmt)), tokenizer)
+        assert ids == trajectory.token_ids
+        assert mask == trajectory.loss_mask

@@ -1,0 +1,35 @@
+"""The embedded default policy: the committed asset matches its card; the recipe runs and learns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from learner.bootstrap import EVAL_SAMPLE, bootstrap, greedy_successes
+from learner.models import CARD_NAME, default_policy, load_policy
+
+
+@pytest.mark.slow
+def test_committed_default_loads_and_matches_its_card():
+    path = default_policy()
+    card = json.loads((path / CARD_NAME).read_text())
+    assert (path / "model.safetensors").stat().st_size <= 20 * 2**20
+    model, _ = load_policy(path)  # transformers
+    assert sum(p.numel() for p in model.parameters()) == card["parameters"]
+    measured = sum(greedy_successes(path, EVAL_SAMPLE)) / EVAL_SAMPLE  # vLLM, through a RolloutWorker
+    assert abs(measured - card[f"success_synth_test_first{EVAL_SAMPLE}"]) <= 0.10
+    assert 0.2 <= card["success_synth_test"] <= 0.7
+
+
+@pytest.mark.slow
+def test_short_bootstrap_writes_a_loadable_model_whose_loss_falls(tmp_path):
+    out = bootstrap(tmp_path / "policy", steps=20, batch_size=4, eval_tasks=EVAL_SAMPLE)
+    card = json.loads((out / CARD_NAME).read_text())
+    assert card["recipe"]["steps"] == 20 and len(card["loss_curve"]) == 10
+    assert card["loss_curve"][-1] < card["loss_curve"][0] - 1.0
+    assert 0.0 <= card[f"success_synth_test_first{EVAL_SAMPLE}"] <= 1.0
+    model, _ = load_policy(out)
+    assert not model.config.tie_word_embeddings
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        bootstrap(out, steps=1)
