@@ -14,8 +14,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from transformers import Qwen2ForCausalLM
 
 from learner.batch import SequenceBatch, dialog_sequence
 from learner.losses import sequence_logprobs, sft_loss
-from learner.models import CARD_NAME, build_tokenizer, default_corpus, preset_config
+from learner.models import CARD_NAME, atomic_directory, build_tokenizer, default_corpus, preset_config
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
 from rollout.envs.synth import generate_task
@@ -43,6 +41,31 @@ def expert_stream(tokenizer, seed: int, fmt: str = "hermes"):
         task = generate_task("train", index, seed)
         yield dialog_sequence(expert_messages(task, form), tokenizer)
         index += 1
+
+
+def copy_values() -> list:
+    """Every kind of argument value the synth tasks use: names, files, places, companies, numbers."""
+    from rollout.envs import synth_templates as t
+
+    words = [*t.WORDS, *t.FILE_NAMES, *t.DIRS, *t.NAMES, *t.HANDLES, *t.TOPICS, *t.COMPANIES, *t.CITIES,
+             *t.CURRENCIES, *t.DOORS]
+    return [*words, *range(1000)]
+
+
+def copy_stream(tokenizer, seed: int):
+    """Auxiliary copy task: values in the request, the same values as JSON arguments in the reply.
+
+    It teaches the one skill SFT on dialogs does not teach a from-scratch model in minutes: taking a value
+    out of the request instead of emitting the most frequent one.
+    """
+    values, rng = copy_values(), random.Random(seed + 1)
+    while True:
+        picked = [rng.choice(values) for _ in range(rng.randint(1, 3))]
+        names = rng.sample(["a", "b", "name", "file_name", "folder", "symbol", "city", "user", "value"], len(picked))
+        request = "copy: " + ", ".join(f"{n}={v}" for n, v in zip(names, picked))
+        reply = json.dumps({"arguments": dict(zip(names, picked))})
+        yield dialog_sequence([{"role": "user", "content": request}, {"role": "assistant", "content": reply}],
+                              tokenizer)
 
 
 def length_sorted_batches(stream, batch_size: int, pool: int, rng: random.Random):
@@ -73,13 +96,15 @@ def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny", lr: float = 1e-3,
-              batch_size: int = 8, vocab_size: int = 4096, eval_tasks: int = 200, threads: int | None = None) -> Path:
+              batch_size: int = 8, copy_batch_size: int = 8, vocab_size: int = 4096, eval_tasks: int = 200,
+              threads: int | None = None) -> Path:
     """Train the default policy and write it (HF directory + card) atomically to ``out_dir``.
 
     The card reports greedy success on the first ``eval_tasks`` synth/test tasks and on the first 50 alone
     (the fixed sample the tests re-measure).
     """
     recipe = {"steps": steps, "seed": seed, "size": size, "lr": lr, "batch_size": batch_size,
+              "copy_batch_size": copy_batch_size,
               "vocab_size": vocab_size, "tied_embeddings": False, "warmup": 100, "betas": [0.9, 0.95],
               "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "cosine to 10%", "data": "synth train, hermes",
               "loss": "NLL of assistant tokens (token-mean)"}
@@ -94,33 +119,34 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
     model = Qwen2ForCausalLM._from_config(config, attn_implementation="eager")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     batches = length_sorted_batches(expert_stream(tokenizer, seed), batch_size, pool=8, rng=random.Random(seed))
+    copies = length_sorted_batches(copy_stream(tokenizer, seed), copy_batch_size, pool=1, rng=random.Random(seed))
     started, tokens, losses = time.perf_counter(), 0, []
     tenth = max(1, steps // 10)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
         bar = progress.add_task("bootstrap SFT", total=steps)
         for step in range(steps):
-            batch = next(batches)
-            ids, attention, mask = batch.padded(tokenizer.pad_token_id)
-            logprobs = sequence_logprobs(model(input_ids=ids, attention_mask=attention, use_cache=False).logits, ids)
-            loss, _ = sft_loss(logprobs, mask)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_losses = []
+            for source in (batches, copies) if copy_batch_size else (batches,):
+                ids, attention, mask = next(source).padded(tokenizer.pad_token_id)
+                logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+                loss, _ = sft_loss(sequence_logprobs(logits, ids), mask)
+                loss.backward()
+                tokens += int(attention.sum())
+                step_losses.append(loss.item())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, steps, lr, warmup=100)
             optimizer.step()
-            tokens += int(attention.sum())
-            losses.append(loss.item())
+            losses.append(step_losses[0])  # the dialogs' loss (the copy task's is not part of the curve)
             recent = sum(losses[-tenth:]) / len(losses[-tenth:])
             progress.update(bar, advance=1, description=f"bootstrap SFT (loss {recent:.3f})")
             if (step + 1) % tenth == 0:  # also a plain line, for logs that are not a terminal
                 progress.console.print(f"step {step + 1}/{steps}: loss {recent:.4f}, "
                                        f"{(time.perf_counter() - started) / 60:.1f} min", highlight=False)
     minutes = (time.perf_counter() - started) / 60
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         successes = greedy_successes(staging, max(eval_tasks, EVAL_SAMPLE))
@@ -137,8 +163,4 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
             "eval_tasks": eval_tasks,
         }
         (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

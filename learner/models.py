@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,6 +64,23 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """A staging directory beside ``target`` that becomes ``target`` in one rename once the block succeeds.
+
+    A crash or kill mid-write leaves at most a hidden ``.<name>.*`` directory, never a partial ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        os.replace(staging, target)  # refuses a non-empty target, e.g. one a concurrent writer filled
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def load_policy(
@@ -170,16 +188,10 @@ def build_default_model(
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_n_tasks": n_tasks,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
-        os.replace(staging, out_dir)  # also refuses if a concurrent build filled out_dir meanwhile
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

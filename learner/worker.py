@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,7 +29,7 @@ from torch.distributed.fsdp import fully_shard
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig
 from learner.losses import entropy_loss, kl_loss, policy_loss, sequence_logprobs, sft_loss, token_entropy
-from learner.models import load_policy
+from learner.models import atomic_directory, load_policy
 
 TRAINER_STATE = "trainer_state.pt"
 RUN_STATE = "run_state.json"
@@ -257,19 +255,12 @@ class Learner:
         weights = get_model_state_dict(self.model, options=options)
         optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=options)
         if self.rank == 0:
-            target = Path(directory)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-            try:
+            with atomic_directory(directory) as staging:
                 self.model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
                 self.tokenizer.save_pretrained(staging)
                 torch.save({"optimizer": optimizer, "optimizer_step": self.optimizer_step,
                             "skipped_steps": self.skipped_steps, "rng": torch.get_rng_state()}, staging / TRAINER_STATE)
                 (staging / RUN_STATE).write_text(json.dumps(run_state, indent=1))
-                os.replace(staging, target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
         dist.barrier()
 
     def load(self, directory: str) -> dict:
