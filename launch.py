@@ -19,7 +19,7 @@ from rich.table import Table
 from cluster.config import ConfigError, load_config
 
 console = Console()
-BOOTSTRAP_STEPS = 2000
+BOOTSTRAP_STEPS = 800
 
 
 def _progress() -> Progress:

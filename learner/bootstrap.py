@@ -52,18 +52,23 @@ def copy_values() -> list:
     return [*words, *range(1000)]
 
 
-def copy_stream(tokenizer, seed: int):
-    """Auxiliary copy task: values in the request, the same values as JSON arguments in the reply.
+FILLER = ("please", "use", "the", "then", "with", "for", "and", "on", "my", "to", "of", "it", "now")
 
-    It teaches the one skill SFT on dialogs does not teach a from-scratch model in minutes: taking a value
-    out of the request instead of emitting the most frequent one.
+
+def copy_stream(tokenizer, seed: int):
+    """Auxiliary copy task: values inside a sentence of filler words, the same values as JSON arguments.
+
+    It drills the one skill SFT on dialogs does not teach a from-scratch model in minutes: taking a value
+    out of the request (found by what it is, not by a key) instead of emitting the most frequent one.
     """
     values, rng = copy_values(), random.Random(seed + 1)
     while True:
         picked = [rng.choice(values) for _ in range(rng.randint(1, 3))]
-        names = rng.sample(["a", "b", "name", "file_name", "folder", "symbol", "city", "user", "value"], len(picked))
-        request = "copy: " + ", ".join(f"{n}={v}" for n, v in zip(names, picked))
-        reply = json.dumps({"arguments": dict(zip(names, picked))})
+        words = []
+        for value in picked:
+            words += [rng.choice(FILLER) for _ in range(rng.randint(0, 3))] + [str(value)]
+        request = "copy: " + " ".join(words + [rng.choice(FILLER) for _ in range(rng.randint(0, 2))])
+        reply = json.dumps({"arguments": dict(zip(("a", "b", "c"), picked))})
         yield dialog_sequence([{"role": "user", "content": request}, {"role": "assistant", "content": reply}],
                               tokenizer)
 
@@ -96,7 +101,7 @@ def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny", lr: float = 1e-3,
-              batch_size: int = 8, copy_batch_size: int = 8, vocab_size: int = 4096, eval_tasks: int = 200,
+              batch_size: int = 8, copy_batch_size: int = 16, vocab_size: int = 4096, eval_tasks: int = 200,
               threads: int | None = None) -> Path:
     """Train the default policy and write it (HF directory + card) atomically to ``out_dir``.
 

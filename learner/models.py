@@ -107,7 +107,12 @@ def _split_at_special_tokens(text: str) -> list[str]:
 def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on ``corpus``, with the chat markup as single, never-split special tokens."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Spaces are tokens of their own, so a word has one id whether it follows a space (in a request) or a
+    # quote (as a JSON argument): copying a value is then copying ids, which a small model learns quickly;
+    # with GPT-2 style " word" tokens it must also learn a mapping from " word" to "word" for every value.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(" ", "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
