@@ -24,14 +24,14 @@ class TrainerConfig(BaseModel):
 
     model: str = Field("default", description="Local HF model directory to start from, or 'default' (the "
                        "committed embedded policy).")
-    total_steps: int = Field(40, ge=1, description="Training steps (sample → supervise → update → sync → observe).")
-    tasks_per_step: int = Field(8, ge=1, description="Tasks drawn per step; each is rolled out group_size times.")
+    total_steps: int = Field(20, ge=1, description="Training steps (sample → supervise → update → sync → observe).")
+    tasks_per_step: int = Field(4, ge=1, description="Tasks drawn per step; each is rolled out group_size times.")
     run_dir: str | None = Field(None, description="Run directory (default: runs/<name>).")
     resume: bool = Field(False, description="Continue from the run directory's latest checkpoint.")
     eval_every: int = Field(10, ge=0, description="Greedy eval on env.eval_split every N steps, before step 1 and "
                             "after the last step (0: never).")
-    eval_tasks: int = Field(50, ge=1, description="Evaluate on the first N tasks of the eval split.")
-    save_every: int = Field(20, ge=0, description="Checkpoint every N steps and after the last step (0: only "
+    eval_tasks: int = Field(100, ge=1, description="Evaluate on the first N tasks of the eval split.")
+    save_every: int = Field(10, ge=0, description="Checkpoint every N steps and after the last step (0: only "
                             "after the last).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest deleted first).")
     samples_per_step: int = Field(2, ge=0, description="Trajectories per step written as text to samples/.")

@@ -18,7 +18,7 @@ class LearnerConfig(BaseModel):
         "while the learner updates, so it may use them).",
     )
     gpus_per_rank: float = Field(0.0, ge=0, description="GPUs per Learner rank (1 on GPU clusters, 0 on CPU).")
-    lr: float = Field(1e-5, gt=0, description="Peak learning rate of RL updates (AdamW).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate of RL updates (AdamW).")
     sft_lr: float | None = Field(None, gt=0, description="Learning rate of SFT updates (default: lr).")
     warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warmup from 0 to the peak lr.")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -29,7 +29,7 @@ class LearnerConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each RL batch.")
     mini_batch_tasks: int = Field(
-        0, ge=0, description="Tasks (whole GRPO groups) per RL optimizer step; 0 = the whole batch in one step."
+        2, ge=0, description="Tasks (whole GRPO groups) per RL optimizer step; 0 = the whole batch in one step."
     )
     micro_batch_size: int = Field(
         8, ge=1, description="Sequences per forward/backward pass on one rank (gradient accumulation)."

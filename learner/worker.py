@@ -84,9 +84,15 @@ class Learner:
         self.skipped_steps = 0
 
     # ---- data layout ------------------------------------------------------------------------------------
-    def _local(self, batch: SequenceBatch) -> SequenceBatch:
-        """This rank's share, padded to the same length on every rank with empty (all-masked) sequences."""
+    def _local(self, batch: SequenceBatch, by_length: bool = True) -> SequenceBatch:
+        """This rank's share, padded to the same length on every rank with empty (all-masked) sequences.
+
+        Sorted by length unless the caller needs the original order: micro-batches of similar lengths
+        waste little compute on padding, and a loss summed over sequences does not depend on their order.
+        """
         mine = list(range(self.rank, len(batch), self.world_size))
+        if by_length:
+            mine.sort(key=lambda i: len(batch.token_ids[i]))
         share = batch.select(mine)
         while len(share) < math.ceil(len(batch) / self.world_size):
             share.token_ids.append([self.tokenizer.pad_token_id] * 2)
@@ -235,7 +241,7 @@ class Learner:
 
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
         """Per-token logprobs of every sequence under the current weights (on rank 0; others get [])."""
-        local = self._local(batch)
+        local = self._local(batch, by_length=False)
         rows = [row.tolist() for part in self._logprobs(self.model, local) for row in part]
         rows = [row[: len(ids)] for row, ids in zip(rows, local.token_ids)]
         gathered = [None] * self.world_size if self.rank == 0 else None

@@ -47,7 +47,7 @@ class RolloutConfig(BaseModel):
     format: Literal["hermes", "python", "json"] = Field(
         "hermes", description="Tool-call syntax the policy writes and is parsed with (rollout/formats.py)."
     )
-    group_size: int = Field(4, ge=1, description="Episodes sampled per task (the GRPO group size G).")
+    group_size: int = Field(8, ge=1, description="Episodes sampled per task (the GRPO group size G).")
     workers: int = Field(1, ge=1, description="RolloutWorker actors, each with its own vLLM engine.")
     worker_cpus: float = Field(
         1.0, gt=0, description="Ray CPUs reserved per RolloutWorker (fractions oversubscribe small machines)."

@@ -37,9 +37,9 @@ def test_preset_equals_defaults_and_round_trips(tmp_path):
 
 
 def test_overrides_are_typed():
-    config = load_config(PRESET, ["rollout.group_size=8", "env.reward.shaping=turn_fraction", "env.seed=3",
+    config = load_config(PRESET, ["rollout.group_size=6", "env.reward.shaping=turn_fraction", "env.seed=3",
                                   "env.reward.format_penalty=0.25"])
-    assert config.rollout.group_size == 8 and config.env.seed == 3
+    assert config.rollout.group_size == 6 and config.env.seed == 3
     assert config.env.reward.shaping == "turn_fraction" and config.env.reward.format_penalty == 0.25
 
 
