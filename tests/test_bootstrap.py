@@ -24,11 +24,11 @@ def test_committed_default_loads_and_matches_its_card():
 
 @pytest.mark.slow
 def test_short_bootstrap_writes_a_loadable_model_whose_loss_falls(tmp_path):
-    out = bootstrap(tmp_path / "policy", steps=20, batch_size=4, eval_tasks=EVAL_SAMPLE)
+    out = bootstrap(tmp_path / "policy", steps=20, batch_size=4, copy_batch_size=4, eval_tasks=4)
     card = json.loads((out / CARD_NAME).read_text())
     assert card["recipe"]["steps"] == 20 and len(card["loss_curve"]) == 10
     assert card["loss_curve"][-1] < card["loss_curve"][0] - 1.0
-    assert 0.0 <= card[f"success_synth_test_first{EVAL_SAMPLE}"] <= 1.0
+    assert card["eval_tasks"] == 4 and 0.0 <= card[f"success_synth_test_first{EVAL_SAMPLE}"] <= 1.0
     model, _ = load_policy(out)
     assert not model.config.tie_word_embeddings
     with pytest.raises(ValueError, match="refusing to overwrite"):
