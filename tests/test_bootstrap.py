@@ -19,7 +19,6 @@ def test_committed_default_loads_and_matches_its_card():
     assert sum(p.numel() for p in model.parameters()) == card["parameters"]
     measured = sum(greedy_successes(path, EVAL_SAMPLE)) / EVAL_SAMPLE  # vLLM, through a RolloutWorker
     assert abs(measured - card[f"success_synth_test_first{EVAL_SAMPLE}"]) <= 0.10
-    assert 0.2 <= card["success_synth_test"] <= 0.7
 
 
 @pytest.mark.slow
