@@ -22,9 +22,9 @@ console = Console()
 BOOTSTRAP_STEPS = 800
 
 
-def _progress() -> Progress:
+def _progress(transient: bool = True) -> Progress:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    return Progress(*columns, console=console, transient=True)
+    return Progress(*columns, console=console, transient=transient)
 
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:
@@ -150,8 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         initial = ray.get(scheduler.initial_eval.remote())
     if initial:
         console.print(f"step 0: eval success {initial['eval/success']:.1%}", highlight=False)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with _progress(transient=False) as progress:
         bar = progress.add_task("training", total=total)
         step = 0
         while step < total:
