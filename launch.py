@@ -19,7 +19,7 @@ from rich.table import Table
 from cluster.config import ConfigError, load_config
 
 console = Console()
-BOOTSTRAP_STEPS = 800
+BOOTSTRAP_STEPS = 1400
 
 
 def _progress(transient: bool = True) -> Progress:
@@ -130,8 +130,11 @@ def _step_line(metrics: dict) -> str:
     phases = " ".join(f"{phase} {metrics[f'time/{phase}_s']:.1f}s"
                       for phase in ("sample", "supervise", "update", "sync", "observe"))
     evaluated = f" eval success {metrics['eval/success']:.1%}" if "eval/success" in metrics else ""
-    return (f"step {metrics['step']}: reward {metrics['reward']:.3f} success {metrics['success']:.1%}"
-            f"{evaluated} | {phases}")
+    update = next(k for k in ("rl", "sft", "combined") if metrics.get(f"update/{k}"))
+    update += " (no update)" if metrics.get("update/skipped") else ""
+    sampled = f" reward {metrics['reward']:.3f} success {metrics['success']:.1%}" if "reward" in metrics else ""
+    sft = f" sft_loss {metrics['sft_loss']:.3f}" if "sft_loss" in metrics else ""
+    return f"step {metrics['step']} [{update}]:{sampled}{sft}{evaluated} | {phases}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from learner.config import LearnerConfig
 from rollout.config import EnvConfig, RolloutConfig
+from supervision.config import SupervisionConfig
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,8 @@ class ToolRLConfig(BaseModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="How episodes are sampled.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Optimiser, RL objective, ranks.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="The training loop and its outputs.")
+    supervision: SupervisionConfig = Field(default_factory=SupervisionConfig,
+                                           description="Supervision signals and how SFT mixes into RL.")
 
     def run_path(self) -> Path:
         return Path(self.trainer.run_dir or Path("runs") / self.name)

@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.config import ToolRLConfig, dump_config
-from learner.batch import rl_batch
 from learner.models import default_policy
 from learner.worker import LearnerGroup
 from rollout.envs import load_tasks
 from rollout.evaluate import evaluate, summarize
-from rollout.worker import RolloutPool, Trajectory
+from rollout.worker import RolloutPool, Trajectory, group_requests
+from supervision.config import step_kind
+from supervision.supervisor import Supervisor
 
 LATEST = "latest"
 
@@ -131,6 +132,10 @@ class Scheduler:
         minis = -(-trainer.tasks_per_step // config.learner.mini_batch_tasks) if config.learner.mini_batch_tasks else 1
         self.learners = LearnerGroup(self.model_path, config.learner,
                                      trainer.total_steps * config.learner.ppo_epochs * minis, seed=trainer.seed)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        self.supervisor = Supervisor(config, tokenizer, self.sampler.tasks, self.run_dir)
         self.step = 0
         self.started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +143,7 @@ class Scheduler:
             state = self.learners.load(str(checkpoint))
             self.step = state["step"]
             self.sampler.restore(state["sampler"])
+            self.supervisor.restore(state["supervision"])
             self.pool.update_weights(self.learners.state_dict_for_rollout())
             self._truncate_metrics()
         (self.run_dir / "config.yaml").write_text(dump_config(config))
@@ -147,26 +153,39 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        config, trainer = self.config, self.config.trainer
+        config, trainer, sup = self.config, self.config.trainer, self.config.supervision
         self.step += 1
+        kind = step_kind(sup, self.step)  # rl | sft | combined, from the supervision schedule
         timings: dict[str, float] = {}
-        # sample: G episodes for each drawn task, seeds derived from the step so a resumed run repeats them
+        # sample: G episodes for each drawn task (hints go into some prompts); an SFT step samples nothing.
+        # Seeds derive from the step, so a resumed run repeats them.
         with _timed(timings, "sample"):
-            tasks = self.sampler.draw(trainer.tasks_per_step)
-            seed = trainer.seed * 1_000_000_007 + self.step * 100_003
-            trajectories = self.pool.generate(tasks, config.rollout.group_size, seed=seed, tag=f"s{self.step}:")
-        # supervise: a pass-through until the supervision configurations land
+            trajectories, tasks = [], []
+            if kind != "sft":
+                tasks = self.sampler.draw(trainer.tasks_per_step)
+                seed = trainer.seed * 1_000_000_007 + self.step * 100_003
+                groups = group_requests(tasks, config.rollout.group_size, seed, tag=f"s{self.step}:")
+                trajectories = self.pool.run_groups(self.supervisor.decorate(groups))
+        # supervise: strip hints, put ground truth into groups, collect failures; draw this step's SFT data
         with _timed(timings, "supervise"):
-            batch = rl_batch(trajectories, config.learner.scale_advantages_by_std)
-        # update: GRPO on the whole batch (old logprobs recomputed under the current weights)
+            batch, supervision_metrics = self.supervisor.transform(trajectories, tasks) if trajectories else (None, {})
+            sft, sft_counts = None, {}
+            if kind != "rl":
+                size = {"sft_then_rl": sup.sft_then_rl.sft_batch_size, "sync": sup.sync.sft_batch_size,
+                        "interleaved": sup.interleaved.sft_batch_size}[sup.mode]
+                sft, sft_counts = self.supervisor.sft_batch(size)
+        # update: GRPO, SFT, or one step on L_rl + λ·L_sft (old logprobs recomputed under the current weights)
         with _timed(timings, "update"):
-            learner_metrics = self.learners.rl_update(batch, config.rollout.group_size)
-        # sync: the new weights into every engine, in place
+            learner_metrics = self._update(kind, batch, sft)
+        # sync: the new weights into every engine, in place (nothing to sync when no update ran)
         with _timed(timings, "sync"):
-            self.pool.update_weights(self.learners.state_dict_for_rollout())
+            if learner_metrics:
+                self.pool.update_weights(self.learners.state_dict_for_rollout())
         # observe: metrics, samples, periodic eval and checkpoint
         with _timed(timings, "observe"):
-            metrics = {**rollout_metrics(trajectories), **learner_metrics}
+            metrics = {**(rollout_metrics(trajectories) if trajectories else {}), **supervision_metrics, **sft_counts,
+                       **learner_metrics, **{f"update/{k}": float(k == kind) for k in ("rl", "sft", "combined")},
+                       "update/skipped": float(not learner_metrics)}
             self._write_samples(trajectories)
             last = self.step == trainer.total_steps
             if trainer.eval_every and (self.step % trainer.eval_every == 0 or last):
@@ -175,9 +194,24 @@ class Scheduler:
                 self.save()
         metrics.update({f"time/{phase}_s": seconds for phase, seconds in timings.items()})
         metrics["time/step_s"] = sum(timings.values())
-        metrics["tokens_per_s/learner"] = batch.tokens() / max(timings["update"], 1e-9)
+        updated = (batch.tokens() if batch and kind != "sft" else 0) + (sft.tokens() if sft else 0)
+        metrics["tokens_per_s/learner"] = updated / max(timings["update"], 1e-9)
         self._log(metrics)
         return {"step": self.step, **metrics}
+
+    def _update(self, kind: str, batch, sft) -> dict[str, float]:
+        """The learner call this step's kind asks for; {} when there is nothing to train on."""
+        group_size, sup = self.config.rollout.group_size, self.config.supervision
+        if kind == "rl":
+            return self.learners.rl_update(batch, group_size) if len(batch) else {}
+        if not len(sft):  # e.g. an SFT phase before any failure was collected
+            return self.learners.rl_update(batch, group_size) if kind == "combined" and len(batch) else {}
+        if kind == "combined":
+            return self.learners.combined_update(batch, sft, sup.sync.sft_weight, group_size)
+        lr = sup.interleaved.sft_lr if sup.mode == "interleaved" else None
+        epochs = sup.interleaved.sft_epochs if sup.mode == "interleaved" else 1
+        metrics = [self.learners.sft_update(sft, lr) for _ in range(epochs)]
+        return metrics[-1]
 
     def evaluate(self) -> dict[str, float]:
         rows = evaluate(self.pool, self.eval_tasks, chunk=len(self.eval_tasks), on_progress=lambda n: None)
@@ -209,7 +243,7 @@ class Scheduler:
 
     def _write_samples(self, trajectories: list[Trajectory]) -> None:
         count = self.config.trainer.samples_per_step
-        if not count:
+        if not count or not trajectories:
             return
         # one sample from each of the first groups: different tasks are more telling than siblings
         picked = [t for t in trajectories if t.sample_index == 0][:count]
@@ -219,7 +253,8 @@ class Scheduler:
 
     def save(self) -> Path:
         return save_checkpoint(self.learners, self.run_dir / "checkpoints", self.step,
-                               {"step": self.step, "sampler": self.sampler.state()}, self.config.trainer.keep_checkpoints)
+                               {"step": self.step, "sampler": self.sampler.state(), "supervision": self.supervisor.state()},
+                               self.config.trainer.keep_checkpoints)
 
     def close(self) -> None:
         self.writer.close()

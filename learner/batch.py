@@ -15,17 +15,26 @@ class SequenceBatch:
     loss_mask: list[list[int]]  # 1 on tokens the loss sees (the policy's own tokens, or the expert's for SFT)
     advantages: list[float] = field(default_factory=list)  # one per sequence; empty for SFT batches
     sampling_logprobs: list[list[float]] = field(default_factory=list)  # the engine's, to check weight sync
+    # Per sequence, where it came from: "policy" (sampled exactly as trained), "expert" (a ground-truth
+    # trajectory put into the group) or "hint" (sampled with a hint the trained tokens no longer contain).
+    # Empty: all "policy". Only "policy" sequences take part in the weight-sync check.
+    origins: list[str] = field(default_factory=list)
+    shaped_gamma: float | None = None  # set: "expert" sequences use LUFFY's π/(π+γ) objective with this γ
+    hint_importance_cap: float | None = None  # set: "hint" tokens weighted by min(π/π_sampled, cap)
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
+    def origin(self, index: int) -> str:
+        return self.origins[index] if self.origins else "policy"
+
     def select(self, indices: list[int]) -> SequenceBatch:
-        return SequenceBatch(
-            [self.token_ids[i] for i in indices],
-            [self.loss_mask[i] for i in indices],
-            [self.advantages[i] for i in indices] if self.advantages else [],
-            [self.sampling_logprobs[i] for i in indices] if self.sampling_logprobs else [],
-        )
+        def pick(values: list) -> list:
+            return [values[i] for i in indices] if values else []
+
+        return SequenceBatch(pick(self.token_ids), pick(self.loss_mask), pick(self.advantages),
+                             pick(self.sampling_logprobs), pick(self.origins), self.shaped_gamma,
+                             self.hint_importance_cap)
 
     def tokens(self) -> int:
         return sum(sum(mask) for mask in self.loss_mask)
@@ -43,12 +52,13 @@ class SequenceBatch:
         return ids, attention, mask
 
 
-def dialog_sequence(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+def dialog_sequence(messages: list[dict], tokenizer, train_from: int = 0) -> tuple[list[int], list[int]]:
     """A chat (e.g. an expert dialog) as (token_ids, loss_mask) in exactly a rollout's layout.
 
     The mask is 1 on each assistant message's content and its ``<|im_end|>`` — what the policy would have
     generated — and 0 on the template around them, tokenised as RolloutWorker tokenises it (the text
-    between two assistant messages on its own, starting after an ``<|im_end|>``).
+    between two assistant messages on its own, starting after an ``<|im_end|>``). Assistant messages before
+    index ``train_from`` are context only (mask 0).
     """
     end_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
     ids: list[int] = []
@@ -61,18 +71,28 @@ def dialog_sequence(messages: list[dict], tokenizer) -> tuple[list[int], list[in
         context = tokenizer.encode(prompt[len(rendered):], add_special_tokens=False)
         reply = tokenizer.encode(message["content"], add_special_tokens=False) + [end_id]
         ids += context + reply
-        mask += [0] * len(context) + [1] * len(reply)
+        mask += [0] * len(context) + [int(index >= train_from)] * len(reply)
         rendered = prompt + message["content"] + tokenizer.eos_token
     return ids, mask
 
 
-def rl_batch(trajectories: list, scale_by_std: bool = True) -> SequenceBatch:
-    """Trajectories (in group order) → sequences with GRPO advantages from their rewards."""
+def rl_batch(trajectories: list, scale_by_std: bool = True, skip_flat_groups: bool = False,
+             origins: list[str] | None = None) -> SequenceBatch:
+    """Trajectories (in group order) → sequences with GRPO advantages from their rewards.
+
+    ``skip_flat_groups`` leaves out whole groups whose rewards are all equal (their advantages are 0).
+    ``origins`` (one per trajectory, see ``SequenceBatch.origins``) default to all "policy".
+    """
     group_index = {gid: i for i, gid in enumerate(dict.fromkeys(t.group_id for t in trajectories))}
     advantages = grpo_advantages(
         torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
         torch.tensor([group_index[t.group_id] for t in trajectories]),
         scale_by_std=scale_by_std,
-    )
-    return SequenceBatch([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories], advantages.tolist(),
-                         [t.logprobs for t in trajectories])
+    ).tolist()
+    rewards: dict[str, set[float]] = {}
+    for t in trajectories:
+        rewards.setdefault(t.group_id, set()).add(t.reward)
+    keep = [i for i, t in enumerate(trajectories) if not (skip_flat_groups and len(rewards[t.group_id]) == 1)]
+    return SequenceBatch([trajectories[i].token_ids for i in keep], [trajectories[i].loss_mask for i in keep],
+                         [advantages[i] for i in keep], [trajectories[i].logprobs for i in keep],
+                         [origins[i] for i in keep] if origins else [])

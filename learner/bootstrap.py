@@ -35,7 +35,7 @@ EVAL_SAMPLE = 50  # the card's fixed sample: the first 50 tasks of synth/test (s
 
 def expert_stream(tokenizer, seed: int, fmt: str = "hermes"):
     """Expert dialogs of synth train tasks, index after index (the generator never repeats a task)."""
-    form = get_format(fmt)
+    form = get_format(fmt, descriptions=False)  # as RolloutConfig.tool_descriptions defaults
     index = 0
     while True:
         task = generate_task("train", index, seed)
@@ -111,7 +111,7 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
     recipe = {"steps": steps, "seed": seed, "size": size, "lr": lr, "batch_size": batch_size,
               "copy_batch_size": copy_batch_size,
               "vocab_size": vocab_size, "tied_embeddings": False, "warmup": 100, "betas": [0.9, 0.95],
-              "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "cosine to 10%", "data": "synth train, hermes",
+              "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "cosine to 10%", "data": "synth train, hermes, no tool descriptions",
               "loss": "NLL of assistant tokens (token-mean)"}
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -50,6 +50,12 @@ class LearnerConfig(BaseModel):
     scale_advantages_by_std: bool = Field(
         True, description="GRPO divides by the group's reward std; false keeps only the mean baseline (Dr. GRPO)."
     )
+    skip_flat_groups: bool = Field(
+        True,
+        description="Leave groups whose rewards are all equal out of the RL update: their advantages are 0, so "
+        "they only cost time and dilute the token mean (DAPO's filter, without resampling). A step whose groups "
+        "are all flat makes no update. Turn off when an entropy or KL term should see every sequence.",
+    )
     attn_implementation: str = Field(
         "eager", description="transformers attention for training: eager (fastest for tiny models on CPU), sdpa, "
         "flash_attention_2 (GPU).",

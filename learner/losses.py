@@ -85,10 +85,16 @@ def policy_loss(
     dual_clip: float | None = None,
     aggregation: Aggregation = "token-mean",
     denominator: float | None = None,
+    shaped_rows: Tensor | None = None,
+    gamma: float = 0.1,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate with asymmetric clip range and optional dual clip (for negative advantages).
 
-    ``advantages`` is [B] (broadcast over each sequence's tokens) or [B, T].
+    ``advantages`` is [B] (broadcast over each sequence's tokens) or [B, T]. Rows flagged in ``shaped_rows``
+    ([B] bool: off-policy sequences, e.g. a ground-truth trajectory in the group) use LUFFY's shaped
+    objective ``-A·π/(π+γ)`` instead: no old probabilities, no clipping. ``token_weights`` ([B, T], no
+    gradient) scales each token's loss, e.g. a truncated importance weight.
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(logprobs)
@@ -104,6 +110,11 @@ def policy_loss(
         bound = -advantages * dual_clip
         dual_clipped = (advantages < 0) & (losses > bound)
         losses = torch.where(advantages < 0, torch.minimum(losses, bound), losses)
+    if shaped_rows is not None:
+        probs = torch.exp(logprobs)
+        losses = torch.where(shaped_rows[:, None], -advantages * probs / (probs + gamma), losses)
+    if token_weights is not None:
+        losses = losses * token_weights.detach()
     loss = aggregate(losses, loss_mask, aggregation, denominator)
     with torch.no_grad():
         metrics = {

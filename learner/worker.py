@@ -101,6 +101,8 @@ class Learner:
                 share.advantages.append(0.0)
             if share.sampling_logprobs:
                 share.sampling_logprobs.append([0.0, 0.0])
+            if share.origins:
+                share.origins.append("policy")
         return share
 
     def _micro_batches(self, batch: SequenceBatch):
@@ -151,8 +153,10 @@ class Learner:
                 logits = self._logits(self.model, ids, attention)
                 logprobs = sequence_logprobs(logits, ids)
                 advantages = torch.tensor(part.advantages, device=self.device)
+                shaped, weights = self._off_policy_terms(part, old_logprobs[index])
                 loss, metrics = policy_loss(logprobs, old_logprobs[index], advantages, mask, cfg.clip_low,
-                                            cfg.clip_high, cfg.dual_clip, cfg.aggregation, denominators[0])
+                                            cfg.clip_high, cfg.dual_clip, cfg.aggregation, denominators[0],
+                                            shaped, part.shaped_gamma or 0.0, weights)
                 losses["pg_loss"] += loss.item()
                 record(metrics)
                 entropy, entropy_metrics = entropy_loss(token_entropy(logits), mask, cfg.aggregation, denominators[0])
@@ -189,8 +193,25 @@ class Learner:
         averaged = {key: sums[key] / counts[key] for key in sums}
         return {**averaged, **{k: v for k, v in losses.items() if present[k]}, "grad_norm": grad_norm, "lr": lr, "skipped_steps": float(self.skipped_steps)}
 
+    def _off_policy_terms(self, part: SequenceBatch, old: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Which rows take the shaped objective, and the hint rows' truncated importance weights."""
+        rows = range(len(part))
+        shaped = None
+        if part.shaped_gamma is not None and any(part.origin(i) == "expert" for i in rows):
+            shaped = torch.tensor([part.origin(i) == "expert" for i in rows], device=self.device)
+        weights = None
+        if part.hint_importance_cap is not None and any(part.origin(i) == "hint" for i in rows):
+            weights = torch.ones_like(old)
+            for i in rows:
+                if part.origin(i) == "hint":
+                    sampled = torch.tensor(part.sampling_logprobs[i], device=self.device)
+                    # π(y | no hint) / π(y | hint): the learner's recomputed old logprobs over the engine's
+                    ratio = torch.exp(old[i, : len(sampled)] - sampled)
+                    weights[i, : len(sampled)] = torch.clamp(ratio, max=part.hint_importance_cap)
+        return shaped, weights
+
     def _mini_batches(self, batch: SequenceBatch, size: int) -> list[SequenceBatch]:
-        size = size or len(batch)
+        size = size or len(batch) or 1
         return [batch.select(list(range(s, min(s + size, len(batch))))) for s in range(0, len(batch), size)]
 
     def _rl_parts(self, batch: SequenceBatch, group_size: int):
@@ -207,8 +228,9 @@ class Learner:
             prepared.append(((local, old, ref), self._denominator(mini)))
             if local.sampling_logprobs:
                 rows = [row for part in old for row in part]
-                for row, sampled, mask in zip(rows, local.sampling_logprobs, local.loss_mask):
-                    differences += [abs(row[t].item() - sampled[t]) for t in range(len(mask)) if mask[t]]
+                for i, (row, sampled, mask) in enumerate(zip(rows, local.sampling_logprobs, local.loss_mask)):
+                    if local.origin(i) == "policy":
+                        differences += [abs(row[t].item() - sampled[t]) for t in range(len(mask)) if mask[t]]
         return prepared, differences
 
     @staticmethod
@@ -222,10 +244,11 @@ class Learner:
                    for _ in range(self.config.ppo_epochs) for rl, denominator in prepared]
         return {**self._mean(metrics), **_difference_metrics(differences)}
 
-    def sft_update(self, batch: SequenceBatch) -> dict[str, float]:
+    def sft_update(self, batch: SequenceBatch, lr: float | None = None) -> dict[str, float]:
+        """SFT steps over ``batch`` at ``lr`` (default: learner.sft_lr, else learner.lr)."""
         metrics = []
         for mini in self._mini_batches(batch, self.config.sft_mini_batch_size):
-            metrics.append(self._optimizer_step(None, self._local(mini), 1.0, self.config.sft_lr or self.config.lr,
+            metrics.append(self._optimizer_step(None, self._local(mini), 1.0, lr or self.config.sft_lr or self.config.lr,
                                                 (1.0, self._denominator(mini))))
         return self._mean(metrics)
 
@@ -233,6 +256,8 @@ class Learner:
                         group_size: int) -> dict[str, float]:
         """Optimizer steps on ``L_rl + sft_weight · L_sft``: the SFT batch is split across the RL mini-batches."""
         prepared, differences = self._rl_parts(rl_batch, group_size)
+        if not prepared:  # no group carried an RL signal: the λ-weighted SFT term alone
+            prepared = [(None, 1.0)]
         sft_parts = _split_even(sft_batch, len(prepared))
         metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr,
                                         (denominator, self._denominator(sft)))
@@ -322,8 +347,8 @@ class LearnerGroup:
     def rl_update(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
         return self._call("rl_update", batch, group_size)
 
-    def sft_update(self, batch: SequenceBatch) -> dict[str, float]:
-        return self._call("sft_update", batch)
+    def sft_update(self, batch: SequenceBatch, lr: float | None = None) -> dict[str, float]:
+        return self._call("sft_update", batch, lr)
 
     def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
                         group_size: int) -> dict[str, float]:

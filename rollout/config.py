@@ -47,6 +47,11 @@ class RolloutConfig(BaseModel):
     format: Literal["hermes", "python", "json"] = Field(
         "hermes", description="Tool-call syntax the policy writes and is parsed with (rollout/formats.py)."
     )
+    tool_descriptions: bool = Field(
+        False,
+        description="Show the tools' descriptions in the prompt. Off for the embedded tiny default (trained "
+        "without them: they carry no loss and were a third of its tokens); on for real LLMs (the GPU preset).",
+    )
     group_size: int = Field(8, ge=1, description="Episodes sampled per task (the GRPO group size G).")
     workers: int = Field(1, ge=1, description="RolloutWorker actors, each with its own vLLM engine.")
     worker_cpus: float = Field(

@@ -28,14 +28,18 @@ def expert_messages(task: Task, fmt: ToolFormat) -> list[dict]:
         if turn in task.revealed_tools:
             user = fmt.render_tools(task.revealed_tools[turn]) + "\n" + user
         messages.append({"role": "user", "content": user})
-        # One call per step: a later call may use an earlier result (an id, a sum), and the dialog
-        # must show that result before the call that uses it.
-        for call in calls:
-            messages.append({"role": "assistant", "content": fmt.render([call])})
-            messages.extend({"role": "tool", "content": result} for result in episode.execute([call]))
-        if calls:
-            messages.append({"role": "assistant", "content": closing_reply([c.name for c in calls])})
-        else:
-            messages.append({"role": "assistant", "content": NEEDS_MORE})
+        messages += expert_turn(episode, calls, fmt)
         episode.end_turn()
     return messages
+
+
+def expert_turn(episode: Episode, calls: list, fmt: ToolFormat) -> list[dict]:
+    """The assistant and tool messages of one open turn of ``episode`` played by the ground truth ``calls``."""
+    messages = []
+    # One call per step: a later call may use an earlier result (an id, a sum), and the dialog
+    # must show that result before the call that uses it.
+    for call in calls:
+        messages.append({"role": "assistant", "content": fmt.render([call])})
+        messages.extend({"role": "tool", "content": result} for result in episode.execute([call]))
+    reply = closing_reply([c.name for c in calls]) if calls else NEEDS_MORE
+    return [*messages, {"role": "assistant", "content": reply}]

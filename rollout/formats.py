@@ -22,6 +22,7 @@ MAX_PYTHON_TEXT = 200_000
 
 class ToolFormat(Protocol):
     name: str
+    descriptions: bool  # whether the tool prompt shows the specs' descriptions (rollout.tool_descriptions)
 
     def render_tools(self, tools: list[dict]) -> str: ...
 
@@ -30,13 +31,23 @@ class ToolFormat(Protocol):
     def render(self, calls: list[ToolCall]) -> str: ...
 
 
-def _tool_lines(tools: list[dict]) -> str:
-    return "\n".join(json.dumps(tool, ensure_ascii=False, separators=(",", ":")) for tool in tools)
+def without_descriptions(tool: dict) -> dict:
+    """A tool spec with every "description" removed: names, types and required parameters stay."""
+    if isinstance(tool, dict):
+        return {k: without_descriptions(v) for k, v in tool.items() if not (k == "description" and isinstance(v, str))}
+    if isinstance(tool, list):
+        return [without_descriptions(v) for v in tool]
+    return tool
 
 
-def _listing(tools: list[dict], syntax: str) -> str:
+def _tool_lines(tools: list[dict], descriptions: bool) -> str:
+    return "\n".join(json.dumps(tool if descriptions else without_descriptions(tool), ensure_ascii=False,
+                                separators=(",", ":")) for tool in tools)
+
+
+def _listing(tools: list[dict], descriptions: bool, syntax: str) -> str:
     return (
-        f"You can call these functions (JSON Schema, one per line):\n{_tool_lines(tools)}\n"
+        f"You can call these functions (JSON Schema, one per line):\n{_tool_lines(tools, descriptions)}\n"
         f"To call functions, reply with only {syntax}. To answer the user, reply in plain text."
     )
 
@@ -87,7 +98,12 @@ def _strip_fence(text: str, language: str) -> str:
     return body.strip()
 
 
-class HermesFormat:
+class _Format:
+    def __init__(self, descriptions: bool = True):
+        self.descriptions = descriptions
+
+
+class HermesFormat(_Format):
     """Qwen's default: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, several per message."""
 
     name = "hermes"
@@ -97,7 +113,7 @@ class HermesFormat:
         return (
             "You may call one or more functions to assist with the user query.\n"
             "Function signatures are within <tools></tools> XML tags:\n<tools>\n"
-            f"{_tool_lines(tools)}\n</tools>\n"
+            f"{_tool_lines(tools, self.descriptions)}\n</tools>\n"
             "For each function call, return a JSON object with the function name and arguments within "
             '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
             "<args-json-object>}\n</tool_call>"
@@ -134,13 +150,13 @@ class HermesFormat:
         )
 
 
-class JsonListFormat:
+class JsonListFormat(_Format):
     """The whole message is a JSON list of ``{"name", "arguments"}`` objects (a single object also counts)."""
 
     name = "json"
 
     def render_tools(self, tools: list[dict]) -> str:
-        return _listing(tools, 'a JSON list: [{"name": <function-name>, "arguments": <args-json-object>}, ...]')
+        return _listing(tools, self.descriptions, 'a JSON list: [{"name": <function-name>, "arguments": <args-json-object>}, ...]')
 
     def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
         body = _strip_fence(text, "json")
@@ -185,7 +201,7 @@ def render_call(call: ToolCall) -> str:
     return f"{call.name}({', '.join(f'{k}={v!r}' for k, v in call.arguments.items())})"
 
 
-class PythonFormat:
+class PythonFormat(_Format):
     """The BFCL/ACEBench syntax: ``[func(a=1, b='x'), g()]``, read with ``ast`` to literals only."""
 
     name = "python"
@@ -193,7 +209,7 @@ class PythonFormat:
 
     def render_tools(self, tools: list[dict]) -> str:
         return _listing(
-            tools, "a Python list of calls with keyword arguments: [func_name1(param=value), func_name2(param=value)]"
+            tools, self.descriptions, "a Python list of calls with keyword arguments: [func_name1(param=value), func_name2(param=value)]"
         )
 
     def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
@@ -235,10 +251,11 @@ class PythonFormat:
         return "[" + ", ".join(render_call(c) for c in calls) + "]"
 
 
-FORMATS: dict[str, ToolFormat] = {f.name: f for f in (HermesFormat(), PythonFormat(), JsonListFormat())}
+FORMATS: dict[str, ToolFormat] = {f.name: f() for f in (HermesFormat, PythonFormat, JsonListFormat)}
 
 
-def get_format(name: str) -> ToolFormat:
+def get_format(name: str, descriptions: bool = True) -> ToolFormat:
+    """The syntax ``name``; ``descriptions=False`` lists tools by names and typed parameters only."""
     if name not in FORMATS:
         raise ValueError(f"unknown tool-call format {name!r}; choose from {', '.join(FORMATS)}")
-    return FORMATS[name]
+    return FORMATS[name] if descriptions else type(FORMATS[name])(descriptions=False)

@@ -25,6 +25,8 @@ class EpisodeRequest:
     group_id: str
     sample_index: int
     seed: int
+    hint: str | None = None  # text added to the sampling prompt only (supervision's hint signal)
+    hint_position: str = "user"  # "system": end of the system prompt; "user": start of the first user message
 
 
 @dataclass
@@ -43,6 +45,15 @@ class Trajectory:
     reward: float
     result: EpisodeResult
     timings: dict[str, float] = field(default_factory=dict)
+    hint: str | None = None  # the hint its sampling prompt carried (kept after strip_hint, as a marker)
+    hint_position: str = "user"
+    prompt_length: int = 0  # tokens before the first generated one (the sampled prompt, hint included)
+    unhinted_prompt_ids: list[int] = field(default_factory=list)  # that prompt without the hint (hinted only)
+
+
+def hinted(content: str, hint: str, position: str) -> str:
+    """A system prompt (hint at its end) or user message (hint at its start) with the hint added."""
+    return f"{content}\n{hint}" if position == "system" else f"{hint}\n{content}"
 
 
 class LiveEpisode:
@@ -50,7 +61,7 @@ class LiveEpisode:
 
     def __init__(self, request: EpisodeRequest, tokenizer, config: RolloutConfig, reward: RewardConfig):
         self.request, self.tokenizer, self.config = request, tokenizer, config
-        self.format = get_format(config.format)
+        self.format = get_format(config.format, config.tool_descriptions)
         self.env = Episode(request.task, reward)
         self.end_id = tokenizer.convert_tokens_to_ids(IM_END)
         self.messages = [{"role": "system", "content": self.format.render_tools(request.task.tools)}]
@@ -60,7 +71,13 @@ class LiveEpisode:
         self.done = False
         self.started = time.perf_counter()
         self._open_turn()
+        self.unhinted_prompt_ids = []
+        if request.hint:
+            self.unhinted_prompt_ids = self._render(add_generation_prompt=True)
+            where = self.messages[0 if request.hint_position == "system" else 1]
+            where["content"] = hinted(where["content"], request.hint, request.hint_position)
         self.token_ids = self._render(add_generation_prompt=True)
+        self.prompt_length = len(self.token_ids)
         self.loss_mask = [0] * len(self.token_ids)
         self.logprobs = [0.0] * len(self.token_ids)
         if len(self.token_ids) + config.max_new_tokens > config.max_total_tokens:
@@ -170,6 +187,10 @@ class LiveEpisode:
             reward=result.reward,
             result=result,
             timings={"episode_s": time.perf_counter() - self.started},
+            hint=self.request.hint,
+            hint_position=self.request.hint_position,
+            prompt_length=self.prompt_length,
+            unhinted_prompt_ids=self.unhinted_prompt_ids,
         )
 
 
@@ -252,11 +273,15 @@ class RolloutPool:
 
     def generate(self, tasks: list[Task], group_size: int, seed: int, temperature: float | None = None,
                  tag: str = "") -> list[Trajectory]:
-        """G episodes per task; whole groups go to one worker (their prompts share a cached prefix)."""
+        """G episodes per task."""
+        return self.run_groups(group_requests(tasks, group_size, seed, tag), temperature)
+
+    def run_groups(self, groups: list[list[EpisodeRequest]], temperature: float | None = None) -> list[Trajectory]:
+        """Play groups of requests; whole groups go to one worker (their prompts share a cached prefix)."""
         import ray
 
         shares: list[list[EpisodeRequest]] = [[] for _ in self.workers]
-        for index, group in enumerate(group_requests(tasks, group_size, seed, tag)):
+        for index, group in enumerate(groups):
             shares[index % len(self.workers)].extend(group)
         futures = [w.run.remote(share, temperature) for w, share in zip(self.workers, shares) if share]
         return [t for batch in ray.get(futures) for t in batch]

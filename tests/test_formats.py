@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import keyword
 import time
 
@@ -132,6 +133,21 @@ def test_render_tools_lists_every_tool_once():
     for fmt in FORMATS.values():
         text = fmt.render_tools(TOOLS * 2)
         assert text.count('"name":"mv"') == 2
+
+
+def test_tool_listing_without_descriptions_keeps_names_types_and_required():
+    spec = {"name": "post", "description": "Post a note.", "parameters": {"type": "object", "properties": {
+        "description": {"type": "string", "description": "The note."},  # a parameter *named* description
+        "tags": {"type": "array", "items": {"type": "string", "description": "a tag"}}},
+        "required": ["description"]}}
+    bare = {"name": "post", "parameters": {"type": "object", "properties": {
+        "description": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["description"]}}
+    for name in FORMATS:
+        text = get_format(name, descriptions=False).render_tools([spec])
+        assert json.dumps(bare, separators=(",", ":")) in text and "Post a note." not in text
+        assert "Post a note." in get_format(name).render_tools([spec])
+    assert spec["parameters"]["properties"]["description"]["description"] == "The note."  # input untouched
 
 
 def test_one_megabyte_argument():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -72,6 +73,43 @@ def test_sft_update_lowers_the_nll_of_its_batch(learner):
     for _ in range(5):
         last = learner.sft_update(batch)
     assert last["sft_loss"] < first["sft_loss"] - 0.5
+
+
+def test_combined_update_scales_the_sft_term_by_lambda(learner):
+    sft = random_batch(len(learner.tokenizer), 4, seed=3, with_advantages=False)
+    before = _weights(learner)
+    alone = learner.sft_update(sft, lr=1e-30)  # measures the gradient at these weights, moves nothing
+    assert all((before[k] - v).abs().max() < 1e-20 for k, v in _weights(learner).items())
+    # no RL group carried a signal (all flat and skipped): the step is λ·L_sft alone
+    combined = learner.combined_update(SequenceBatch([], [], []), sft, 0.25, group_size=2)
+    assert combined["grad_norm"] == pytest.approx(0.25 * alone["grad_norm"], rel=1e-4)
+    assert combined["sft_loss"] == pytest.approx(alone["sft_loss"], rel=1e-6)
+
+
+def test_hint_rows_are_importance_weighted_and_expert_rows_skip_the_sync_check(tiny_model_dir):
+    learner = Learner(tiny_model_dir, LearnerConfig(lr=1e-30, threads=2))  # gradients only: weights stay put
+    learner.connect("127.0.0.1", free_port())
+    try:
+        batch = random_batch(len(learner.tokenizer), 2, seed=4)
+        batch.sampling_logprobs = learner.logprobs(batch)
+        plain = learner.rl_update(batch, group_size=2)
+        assert plain["rollout_logprob_diff"] < 1e-6
+        # sampled with a hint that made every token 4x likelier than the learner (no hint) finds it
+        hinted = SequenceBatch(batch.token_ids, batch.loss_mask, batch.advantages,
+                               [[lp + math.log(4) for lp in row] for row in batch.sampling_logprobs], ["hint", "hint"])
+        assert learner.rl_update(hinted, 2)["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4)  # no cap: off
+        hinted.hint_importance_cap = 10.0
+        assert learner.rl_update(hinted, 2)["grad_norm"] == pytest.approx(0.25 * plain["grad_norm"], rel=1e-4)
+        hinted.hint_importance_cap = 0.1
+        assert learner.rl_update(hinted, 2)["grad_norm"] == pytest.approx(0.1 * plain["grad_norm"], rel=1e-4)
+        # a ground-truth row has no sampling logprobs of its own: it must not count in the weight-sync check
+        mixed = SequenceBatch(batch.token_ids, batch.loss_mask, batch.advantages,
+                              [[0.0] * len(batch.token_ids[0]), batch.sampling_logprobs[1]], ["expert", "policy"],
+                              shaped_gamma=0.1)
+        metrics = learner.rl_update(mixed, 2)
+        assert metrics["rollout_logprob_diff"] < 1e-6 and math.isfinite(metrics["grad_norm"])
+    finally:
+        dist.destroy_process_group()
 
 
 def test_warmup_and_cosine_schedule(tiny_model_dir):

@@ -60,6 +60,39 @@ def test_grpo_advantages_by_hand():
     assert dr_grpo.tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0])
 
 
+def test_shaped_off_policy_rows_and_token_weights_by_hand():
+    old = torch.zeros(2, 3)
+    new = torch.log(torch.tensor([[1.5, 0.5, 0.9], [0.5, 0.25, 0.9]])).requires_grad_(True)
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1]])
+    advantages = torch.tensor([1.0, 2.0])
+    loss, _ = policy_loss(new, old, advantages, mask, shaped_rows=torch.tensor([False, True]), gamma=0.25,
+                          token_weights=torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0]]))
+    # row 0 (on-policy, clipped PPO): max(-1*0.5, -1*0.8) = -0.5, then -1*0.9 weighted by 0.5
+    # row 1 (shaped, ratio-free): -2*p/(p+0.25) for p = 0.25 and 0.9; the old logprobs (ratio 0.25) do not matter
+    expected = (-0.5 - 0.5 * 0.9 - 2 * 0.25 / 0.5 - 2 * 0.9 / 1.15) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # d/d log p of -A p/(p+γ) is -A γ p/(p+γ)², divided by the 4 tokens
+    assert new.grad[1, 1].item() == pytest.approx(-2 * 0.25 * 0.25 / 0.5**2 / 4, rel=1e-5)
+    assert new.grad[0, 0].item() == 0.0 and new.grad[1, 0].item() == 0.0
+
+
+def test_rl_batch_skips_flat_groups_whole():
+    from types import SimpleNamespace
+
+    from learner.batch import rl_batch
+
+    rewards = {"a": [1.0, 0.0], "b": [0.0, 0.0], "c": [1.0, 1.0], "d": [0.5, 0.0]}
+    trajectories = [SimpleNamespace(group_id=g, reward=r, token_ids=[i], loss_mask=[1], logprobs=[0.0])
+                    for i, (g, r) in enumerate((g, r) for g, rs in rewards.items() for r in rs)]
+    every = rl_batch(trajectories, scale_by_std=False)
+    assert every.token_ids == [[i] for i in range(8)]
+    assert every.advantages == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.25, -0.25])
+    informative = rl_batch(trajectories, scale_by_std=False, skip_flat_groups=True)
+    assert informative.token_ids == [[0], [1], [6], [7]]  # groups b and c left out, a and d whole and in order
+    assert informative.advantages == pytest.approx([0.5, -0.5, 0.25, -0.25])
+
+
 def test_policy_loss_clips_asymmetrically_by_hand():
     old = torch.zeros(1, 4)
     # ratios 1.5, 0.5, 1.1, and one masked token with an absurd ratio that must not count

@@ -117,6 +117,13 @@ def test_unseen_text_round_trips(tokenizer):
         assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
+def test_numbers_are_cut_into_one_id_per_three_digits(tokenizer):
+    assert all(len(tokenizer.encode(str(n))) == 1 for n in range(1000))
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode('{"price": 263.56, "id": "USR003", "n": 1234567}')]
+    assert pieces[pieces.index("263") : pieces.index("263") + 3] == ["263", ".", "56"]
+    assert "003" in pieces and pieces[-4:-1] == ["123", "456", "7"]
+
+
 def test_preset_parameter_counts(tokenizer):
     counts = {}
     for size in SIZE_PRESETS:

@@ -16,7 +16,8 @@ def _config(model: str, run_dir, *extra: str):
         "trainer.eval_every=3", "trainer.eval_tasks=4", "trainer.save_every=1", "rollout.group_size=2",
         "rollout.max_new_tokens=24", "learner.lr=1e-3",
         # a random policy earns no reward, so advantages are zero: the entropy bonus makes the update real
-        "learner.entropy_coef=0.05", *extra,
+        # (and the flat groups must stay in the batch for it)
+        "learner.entropy_coef=0.05", "learner.skip_flat_groups=false", *extra,
     ])
 
 
@@ -95,14 +96,21 @@ def test_resumed_run_repeats_the_uninterrupted_run(ray_local, tiny_model_dir, tm
             scheduler.train_step()
         scheduler.close()
 
-    run(tmp_path / "straight", 2)
-    run(tmp_path / "resumed", 1)
+    # interleaved erroneous supervision (RL, RL, SFT on the failures of the RL steps): the resumed run must
+    # also restore the failure buffer and the schedule
+    interleaved = ("supervision.mode=interleaved", "supervision.signals=[erroneous]",
+                   "supervision.interleaved.rl_steps=2", "supervision.interleaved.sft_steps=1",
+                   "supervision.interleaved.sft_batch_size=4")
+    run(tmp_path / "straight", 3, *interleaved)
+    run(tmp_path / "resumed", 2, *interleaved)
     with pytest.raises(RunDirectoryError, match="trainer.resume=true"):
-        run(tmp_path / "resumed", 1)
-    run(tmp_path / "resumed", 1, "trainer.resume=true")
+        run(tmp_path / "resumed", 1, *interleaved)
+    run(tmp_path / "resumed", 1, "trainer.resume=true", *interleaved)
 
     def comparable(run_dir) -> list[dict]:
         return [{k: v for k, v in r.items() if not k.startswith(("time/", "tokens_per_s", "wall_s"))}
                 for r in _logged(run_dir)]
 
-    assert comparable(tmp_path / "straight") == comparable(tmp_path / "resumed")
+    straight = comparable(tmp_path / "straight")
+    assert straight == comparable(tmp_path / "resumed")
+    assert [r["update/sft"] for r in straight] == [0.0, 0.0, 1.0] and straight[2]["supervision/sft_samples/erroneous"] == 4

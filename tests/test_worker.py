@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from scripted import scripted_episode
 from transformers import AutoTokenizer
 
 from rollout.config import RewardConfig, RolloutConfig
@@ -19,26 +20,11 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
 
 
-def scripted_episode(task, tokenizer, fmt="hermes"):
-    """Drive a LiveEpisode with the expert's assistant messages as if the engine had generated them."""
-    replies = [m["content"] for m in expert_messages(task, get_format(fmt)) if m["role"] == "assistant"]
-    config = CONFIG.model_copy(update={"format": fmt, "max_total_tokens": 8192})
-    episode = LiveEpisode(EpisodeRequest(task, "g0", 0, seed=0), tokenizer, config, RewardConfig())
-    generated = []
-    for reply in replies:
-        assert not episode.done
-        tokens = tokenizer.encode(reply, add_special_tokens=False) + [episode.end_id]
-        start = len(episode.token_ids)
-        episode.receive(tokens, [-0.5] * len(tokens), finished=True)
-        generated.append((start, tokens))
-    assert episode.done
-    return episode.trajectory(), generated
-
-
 @pytest.mark.parametrize("fmt", ["hermes", "python", "json"])
 def test_loss_mask_covers_exactly_the_generated_tokens(tokenizer, fmt):
     task = load_tasks("synth", "train", limit=3)[2]
     trajectory, generated = scripted_episode(task, tokenizer, fmt)
+    assert len(generated) == sum(m["role"] == "assistant" for m in expert_messages(task, get_format(fmt)))
     expected = [0] * len(trajectory.token_ids)
     for start, tokens in generated:
         assert trajectory.token_ids[start : start + len(tokens)] == tokens

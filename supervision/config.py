@@ -1,0 +1,178 @@
+"""Configuration of supervision: which signals act, and the schedule that mixes SFT into RL."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Signal = Literal["expert", "off_policy", "hint", "erroneous", "reflection"]
+SFT_SIGNALS = ("expert", "erroneous", "reflection")  # the signals that contribute SFT samples
+
+
+class Phase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["rl", "sft"] = Field(description="rl: GRPO steps; sft: SFT steps on the signals' samples.")
+    steps: int = Field(ge=1, description="Training steps in this phase.")
+
+
+class SyncConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sft_weight: float = Field(0.1, ge=0, description="λ in L_rl + λ·L_sft (every RL optimizer step).")
+    sft_batch_size: int = Field(8, ge=1, description="SFT sequences per training step, split over its RL mini-batches.")
+
+
+class InterleavedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rl_steps: int = Field(20, ge=1, description="RL steps per cycle (ignored when phases is given).")
+    sft_steps: int = Field(5, ge=1, description="SFT steps per cycle (ignored when phases is given).")
+    sft_epochs: int = Field(1, ge=1, description="Passes over each SFT step's samples.")
+    sft_batch_size: int = Field(16, ge=1, description="SFT sequences per SFT step.")
+    sft_lr: float | None = Field(None, gt=0, description="Learning rate of SFT steps (default: learner.sft_lr or lr).")
+    phases: list[Phase] | None = Field(
+        None, description="An explicit cycle of phases, e.g. [{kind: rl, steps: 10}, {kind: sft, steps: 2}, ...]; "
+        "repeats until trainer.total_steps.",
+    )
+
+    def cycle(self) -> list[Phase]:
+        return self.phases or [Phase(kind="rl", steps=self.rl_steps), Phase(kind="sft", steps=self.sft_steps)]
+
+
+class SftThenRlConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sft_steps: int = Field(10, ge=1, description="SFT steps before the first RL step.")
+    sft_batch_size: int = Field(16, ge=1, description="SFT sequences per SFT step.")
+
+
+class ExpertConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jsonl: str | None = Field(
+        None, description="A JSONL file, one {\"messages\": [...]} chat per line, instead of the ground truth of "
+        "env.train_split rendered as dialogs.",
+    )
+
+
+class OffPolicyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    members: int = Field(1, ge=1, description="Group members replaced by the ground-truth trajectory (k).")
+    when: Literal["no_success", "always"] = Field(
+        "no_success", description="Replace only in groups where no sampled member succeeded, or in every group."
+    )
+    loss: Literal["plain", "shaped"] = Field(
+        "plain", description="plain: the clipped policy loss like any member; shaped: LUFFY's π/(π+γ) without "
+        "old probabilities or clipping.",
+    )
+    gamma: float = Field(0.1, gt=0, description="γ of the shaped ratio π/(π+γ).")
+
+
+class EndpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    model: str | None = Field(None, description="Model name sent to the endpoint.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (the key itself is never written "
+        "to the config, logs or the run directory).",
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Seconds per request.")
+
+
+class HintConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    members: int = Field(4, ge=1, description="Group members whose sampling prompt carries the hint (m of G).")
+    position: Literal["system", "user"] = Field(
+        "user", description="Where the hint goes: the end of the system prompt or the start of the first user message."
+    )
+    detail: Literal["tools", "arguments"] = Field(
+        "arguments", description="tools: which functions in what order; arguments: also their key arguments."
+    )
+    importance_max: float | None = Field(
+        None, gt=0, description="Weight hinted tokens by π(y|no hint)/π(y|hint), truncated at this value (None: off)."
+    )
+    writer: Literal["template", "llm"] = Field(
+        "template", description="template: deterministic text from the ground truth; llm: written by the endpoint."
+    )
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="writer llm: where to ask.")
+
+    @model_validator(mode="after")
+    def _llm_needs_endpoint(self) -> HintConfig:
+        if self.writer == "llm" and not (self.endpoint.base_url and self.endpoint.model):
+            raise ValueError("writer 'llm' needs endpoint.base_url and endpoint.model")
+        return self
+
+
+class ErroneousConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    buffer_size: int = Field(32, ge=1, description="Recent failed trajectories kept (oldest dropped first).")
+
+
+class ReflectionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    judge: Literal["rule", "llm"] = Field(
+        "rule", description="rule: deterministic diff against the ground truth (offline); llm: an OpenAI-compatible "
+        "chat endpoint.",
+    )
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="judge llm: where to ask.")
+    similar_scenarios: int = Field(2, ge=0, le=3, description="Similar scenarios written for the error turn.")
+
+    @model_validator(mode="after")
+    def _llm_needs_endpoint(self) -> ReflectionConfig:
+        if self.judge == "llm" and not (self.endpoint.base_url and self.endpoint.model):
+            raise ValueError("judge 'llm' needs endpoint.base_url and endpoint.model")
+        return self
+
+
+class SupervisionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "sft_then_rl", "sync", "interleaved"] = Field(
+        "none", description="none: GRPO only; sft_then_rl: SFT steps first; sync: an SFT term in every RL update "
+        "(off_policy and hint act inside RL steps in any mode); interleaved: RL phases alternating with SFT phases.",
+    )
+    signals: list[Signal] = Field(default_factory=list, description="Active signals (any subset).")
+    sync: SyncConfig = Field(default_factory=SyncConfig, description="mode sync.")
+    interleaved: InterleavedConfig = Field(default_factory=InterleavedConfig, description="mode interleaved.")
+    sft_then_rl: SftThenRlConfig = Field(default_factory=SftThenRlConfig, description="mode sft_then_rl.")
+    expert: ExpertConfig = Field(default_factory=ExpertConfig, description="signal expert.")
+    off_policy: OffPolicyConfig = Field(default_factory=OffPolicyConfig, description="signal off_policy.")
+    hint: HintConfig = Field(default_factory=HintConfig, description="signal hint.")
+    erroneous: ErroneousConfig = Field(default_factory=ErroneousConfig, description="signal erroneous.")
+    reflection: ReflectionConfig = Field(default_factory=ReflectionConfig, description="signal reflection.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SupervisionConfig:
+        if len(set(self.signals)) != len(self.signals):
+            raise ValueError("signals: each signal at most once")
+        if self.mode in ("sft_then_rl", "interleaved") and not set(self.signals) & set(SFT_SIGNALS):
+            raise ValueError(f"mode {self.mode!r} has SFT steps: add one of {', '.join(SFT_SIGNALS)} to signals")
+        if self.mode == "none" and set(self.signals) & set(SFT_SIGNALS):
+            raise ValueError(f"mode 'none' has no SFT updates: {', '.join(SFT_SIGNALS)} need sync, interleaved or "
+                             "sft_then_rl")
+        if self.mode == "sft_then_rl" and set(self.signals) & {"erroneous", "reflection"}:
+            raise ValueError("mode 'sft_then_rl' runs SFT before any rollout: only the expert signal has data then")
+        return self
+
+
+def step_kind(config: SupervisionConfig, step: int) -> Literal["rl", "sft", "combined"]:
+    """What training step ``step`` (1-based) runs: a pure function of the step, so a resumed run agrees."""
+    if config.mode == "sft_then_rl":
+        return "sft" if step <= config.sft_then_rl.sft_steps else "rl"
+    if config.mode == "sync":
+        return "combined" if set(config.signals) & set(SFT_SIGNALS) else "rl"
+    if config.mode == "interleaved":
+        cycle = config.interleaved.cycle()
+        position = (step - 1) % sum(phase.steps for phase in cycle)
+        for phase in cycle:
+            if position < phase.steps:
+                return phase.kind
+            position -= phase.steps
+    return "rl"

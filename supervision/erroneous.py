@@ -1,0 +1,78 @@
+"""Erroneous-trajectory supervision: recent failures become SFT data.
+
+From each failed trajectory: the task's ground-truth dialog (what the reference does), and the model's
+own dialog up to its first failing turn followed by the ground truth's action for that turn, trained on
+that action only (what the reference does not).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from learner.batch import dialog_sequence
+from rollout.config import RewardConfig
+from rollout.envs import Episode, Task
+from rollout.expert import expert_messages, expert_turn
+from rollout.formats import ToolFormat
+from rollout.worker import Trajectory
+
+
+def corrected_dialog(task: Task, trajectory: Trajectory, fmt: ToolFormat,
+                     reward: RewardConfig) -> tuple[list[dict], int] | None:
+    """(messages, index of the first corrected message): the model's turns before its first failure, as it
+    played them, then that turn as the ground truth plays it from the state the model's turns left.
+
+    None when the failing turn was never shown to the model (the episode ran out of context before it).
+    """
+    failed = trajectory.result.first_failed_turn
+    if failed is None:
+        raise ValueError(f"{trajectory.task_id}: the trajectory did not fail")
+    openings = [i for i, m in enumerate(trajectory.messages) if m["role"] == "user"]  # tool results are "tool"
+    if failed >= len(openings):
+        return None
+    episode = Episode(task, reward)
+    for turn in range(failed):  # the model's own calls rebuild the state it reached (these turns passed)
+        episode.begin_turn()
+        for calls in trajectory.calls[turn]:
+            episode.execute(calls)
+        episode.end_turn()
+    episode.begin_turn()
+    opening = openings[failed]
+    return trajectory.messages[: opening + 1] + expert_turn(episode, task.ground_truth[failed], fmt), opening + 1
+
+
+class FailureBuffer:
+    """The SFT sequences built from the most recent failures, drawn in a cycle; JSON-able state."""
+
+    def __init__(self, size: int):
+        self.items: deque[dict] = deque(maxlen=size)
+        self.cursor = 0
+
+    def add(self, items: list[dict]) -> None:
+        self.items.extend(items)
+
+    def take(self, n: int) -> list[dict]:
+        if not self.items:
+            return []
+        taken = [self.items[(self.cursor + i) % len(self.items)] for i in range(min(n, len(self.items)))]
+        self.cursor = (self.cursor + len(taken)) % len(self.items)
+        return taken
+
+    def state(self) -> dict:
+        return {"items": list(self.items), "cursor": self.cursor}
+
+    def restore(self, state: dict) -> None:
+        self.items.clear()
+        self.items.extend(state["items"])
+        self.cursor = state["cursor"]
+
+
+def erroneous_samples(task: Task, trajectory: Trajectory, fmt: ToolFormat, tokenizer, reward: RewardConfig) -> list[dict]:
+    """The two SFT sequences of one failure, each with its signal name, task and error turn."""
+    sequences = {"ground_truth": dialog_sequence(expert_messages(task, fmt), tokenizer)}
+    corrected = corrected_dialog(task, trajectory, fmt, reward)
+    if corrected is not None:
+        sequences["corrected"] = dialog_sequence(corrected[0], tokenizer, train_from=corrected[1])
+    turn = trajectory.result.first_failed_turn
+    return [{"signal": "erroneous", "kind": kind, "task_id": task.id, "turn": turn, "ids": ids, "mask": mask}
+            for kind, (ids, mask) in sequences.items()]

@@ -1,0 +1,85 @@
+"""Hint-based guidance: a hint from the ground truth in the *sampling* prompt of m of the G members.
+
+The learner never sees the hint: ``strip_hint`` puts the hint-free prompt in front of the very tokens the
+policy generated (token level; generated text is not re-tokenised), so the update asks how likely those
+tokens are without the hint. The old logprobs are recomputed by the learner on the stripped sequence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from rollout.envs import Task
+from rollout.formats import render_call
+from rollout.worker import EpisodeRequest, Trajectory, hinted
+from supervision.llm import ChatClient
+
+
+def template_hint(task: Task, detail: str = "arguments") -> str:
+    """Which tools in what order, per user request (``detail="arguments"``: with their arguments)."""
+    def turn_text(calls) -> str:
+        if not calls:
+            return "no function call"
+        return " then ".join(render_call(c) if detail == "arguments" else c.name for c in calls)
+
+    parts = [turn_text(calls) for calls in task.ground_truth]
+    if len(parts) == 1:
+        return f"Hint: {parts[0]}."
+    return "Hint: " + "; ".join(f"request {i + 1}: {text}" for i, text in enumerate(parts)) + "."
+
+
+HINT_SYSTEM = ("Write one short hint (one or two sentences) that helps an assistant solve this multi-turn tool "
+               "task: which functions to call, in what order, with which key arguments. Do not add anything else.")
+
+
+class LLMHintWriter:
+    """Hints written by an OpenAI-compatible endpoint from the task and its ground truth (cached)."""
+
+    def __init__(self, endpoint, cache: Path | None):
+        self.client = ChatClient(endpoint, cache)
+
+    def __call__(self, task: Task) -> str:
+        request = {"requests": ["\n".join(texts) for texts in task.turns],
+                   "ground_truth": [[render_call(c) for c in calls] for calls in task.ground_truth]}
+        return self.client.complete([{"role": "system", "content": HINT_SYSTEM},
+                                     {"role": "user", "content": json.dumps(request, indent=1)}]).strip()
+
+
+def add_hints(groups: list[list[EpisodeRequest]], members: int, position: str,
+              writer: Callable[[Task], str]) -> list[list[EpisodeRequest]]:
+    """The first ``members`` requests of every group get the task's hint from ``writer``."""
+    decorated = []
+    for group in groups:
+        hint = writer(group[0].task) if group else ""
+        decorated.append([replace(r, hint=hint, hint_position=position) if k < members else r
+                          for k, r in enumerate(group)])
+    return decorated
+
+
+def strip_hint(trajectory: Trajectory) -> Trajectory:
+    """The trajectory as if sampled without the hint: same generated tokens behind the hint-free prompt.
+
+    ``hint`` stays set on the result (it marks the sequence as hint-guided); a second call changes nothing.
+    """
+    if not trajectory.unhinted_prompt_ids:
+        return trajectory
+    cut, prompt = trajectory.prompt_length, trajectory.unhinted_prompt_ids
+    messages = [dict(m) for m in trajectory.messages]
+    where = messages[0 if trajectory.hint_position == "system" else 1]
+    added = hinted("", trajectory.hint, trajectory.hint_position)  # the hint and its separating newline
+    if trajectory.hint_position == "system":
+        where["content"] = where["content"].removesuffix(added)
+    else:
+        where["content"] = where["content"].removeprefix(added)
+    return replace(
+        trajectory,
+        token_ids=prompt + trajectory.token_ids[cut:],
+        loss_mask=[0] * len(prompt) + trajectory.loss_mask[cut:],
+        logprobs=[0.0] * len(prompt) + trajectory.logprobs[cut:],
+        messages=messages,
+        prompt_length=len(prompt),
+        unhinted_prompt_ids=[],
+    )
