@@ -134,7 +134,7 @@ def _step_line(metrics: dict) -> str:
     update += " (no update)" if metrics.get("update/skipped") else ""
     sampled = f" reward {metrics['reward']:.3f} success {metrics['success']:.1%}" if "reward" in metrics else ""
     sft = f" sft_loss {metrics['sft_loss']:.3f}" if "sft_loss" in metrics else ""
-    return f"step {metrics['step']} [{update}]:{sampled}{sft}{evaluated} | {phases}"
+    return f"step {metrics['step']} ({update}):{sampled}{sft}{evaluated} | {phases}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
