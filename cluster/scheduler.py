@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.config import ToolRLConfig, dump_config
-from learner.models import default_policy
+from learner.models import default_policy, load_tokenizer
 from learner.worker import LearnerGroup
 from rollout.envs import load_tasks
 from rollout.evaluate import evaluate, summarize
@@ -132,10 +132,7 @@ class Scheduler:
         minis = -(-trainer.tasks_per_step // config.learner.mini_batch_tasks) if config.learner.mini_batch_tasks else 1
         self.learners = LearnerGroup(self.model_path, config.learner,
                                      trainer.total_steps * config.learner.ppo_epochs * minis, seed=trainer.seed)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        self.supervisor = Supervisor(config, tokenizer, self.sampler.tasks, self.run_dir)
+        self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.sampler.tasks, self.run_dir)
         self.step = 0
         self.started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,19 @@ def load_policy(
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation, local_files_only=True
     )
-    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model, load_tokenizer(path)
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer exactly as its ``tokenizer.json`` defines it (AutoTokenizer when there is none).
+
+    transformers 5 maps a Qwen2 config to ``Qwen2Tokenizer``, which puts Qwen's own pre-tokenizer (digits
+    one by one) over the one in the file: the embedded default would then be fed other ids than it was
+    trained on. A real Qwen checkpoint's file holds Qwen's pre-tokenizer, so reading the file is right for both.
+    """
+    if (Path(path) / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def _split_at_special_tokens(text: str) -> list[str]:

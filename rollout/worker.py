@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learner.models import IM_END
+from learner.models import IM_END, load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import Episode, EpisodeResult, Task
 from rollout.formats import get_format
@@ -201,12 +201,10 @@ class RolloutWorker:
     """
 
     def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0):
-        from transformers import AutoTokenizer
-
         from rollout.engine import Engine
 
         self.config, self.reward = config, reward
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self.tokenizer = load_tokenizer(model_path)
         self.engine = Engine(model_path, dtype=config.dtype, max_model_len=config.max_total_tokens, seed=seed,
                              kv_cache_gib=config.kv_cache_gib)
 

@@ -151,11 +151,9 @@ def test_entropy_and_sft_losses_by_hand():
 
 def test_loss_mask_follows_the_chat_layout(tiny_model_dir):
     """First generated token, the assistant's <|im_end|>, and nothing of the template around it."""
-    from transformers import AutoTokenizer
+    from learner.models import IM_END, load_tokenizer
 
-    from learner.models import IM_END
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = load_tokenizer(tiny_model_dir)
     messages = [{"role": "system", "content": "tools"}, {"role": "user", "content": "list files"}]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)

@@ -9,9 +9,9 @@ from typing import ClassVar
 
 import pytest
 from scripted import scripted_episode
-from transformers import AutoTokenizer
 
 from learner.batch import dialog_sequence
+from learner.models import load_tokenizer
 from rollout.config import RewardConfig
 from rollout.envs import load_tasks
 from rollout.expert import expert_messages
@@ -28,7 +28,7 @@ HERMES = get_format("hermes")
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    return load_tokenizer(tiny_model_dir)
 
 
 def _multi_turn_task():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from scripted import scripted_episode
-from transformers import AutoTokenizer
 
+from learner.models import load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
 from rollout.expert import expert_messages
@@ -17,7 +17,7 @@ CONFIG = RolloutConfig(max_new_tokens=48, max_total_tokens=1024)
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    return load_tokenizer(tiny_model_dir)
 
 
 @pytest.mark.parametrize("fmt", ["hermes", "python", "json"])
