@@ -81,7 +81,7 @@ def _check_off_policy(steps, scheduler):
     # a random policy never succeeds: every group gets the ground truth, whose reward 1 gives it a signal
     assert all(m["supervision/replaced_group_share"] == 1.0 and m["update/skipped"] == 0.0 for m in steps)
     tasks, _, batch, _ = _fresh_batch(scheduler)
-    fmt = get_format("hermes")
+    fmt = scheduler.supervisor.fmt  # the run's prompt format (tool descriptions off by default)
     experts = [i for i, origin in enumerate(batch.origins) if origin == "expert"]
     assert len(experts) == 2
     for i, task in zip(experts, tasks):
