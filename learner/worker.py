@@ -28,6 +28,7 @@ from torch.distributed.fsdp import fully_shard
 
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig
+from learner.diagnostics import ControlTokens, control_metrics, control_values
 from learner.losses import entropy_loss, kl_loss, policy_loss, sequence_logprobs, sft_loss, token_entropy
 from learner.models import atomic_directory, load_policy
 
@@ -73,6 +74,7 @@ class Learner:
         dist.init_process_group("nccl" if on_gpu else "gloo", rank=self.rank, world_size=self.world_size)
         torch.manual_seed(self.seed)
         model, self.tokenizer = load_policy(self.model_path, "float32", config.attn_implementation)
+        self.control_tokens = ControlTokens.from_tokenizer(self.tokenizer)
         self.model = _shard(model.to(self.device))
         self.reference = None
         if config.kl_coef > 0:
@@ -134,8 +136,12 @@ class Learner:
 
     # ---- one optimizer step -----------------------------------------------------------------------------
     def _optimizer_step(self, rl: tuple[SequenceBatch, list, list] | None, sft: SequenceBatch | None,
-                        sft_weight: float, peak_lr: float, denominators: tuple[float, float]) -> dict[str, float]:
-        """Accumulate gradients of ``L_rl + sft_weight · L_sft`` over micro-batches, clip, step (or skip)."""
+                        sft_weight: float, peak_lr: float, denominators: tuple[float, float],
+                        control: list | None = None) -> dict[str, float]:
+        """Accumulate gradients of ``L_rl + sft_weight · L_sft`` over micro-batches, clip, step (or skip).
+
+        ``control`` collects each RL micro-batch's control-token values (learner.diagnostics).
+        """
         cfg = self.config
         losses = {"pg_loss": 0.0, "sft_loss": 0.0}  # this rank's share of each loss, summed over micro-batches
         sums: dict[str, float] = {}
@@ -159,6 +165,8 @@ class Learner:
                                             shaped, part.shaped_gamma or 0.0, weights)
                 losses["pg_loss"] += loss.item()
                 record(metrics)
+                if control is not None:
+                    control.append(control_values(logits, ids, mask, advantages, self.control_tokens))
                 entropy, entropy_metrics = entropy_loss(token_entropy(logits), mask, cfg.aggregation, denominators[0])
                 record(entropy_metrics)
                 if cfg.entropy_coef:
@@ -233,6 +241,12 @@ class Learner:
                         differences += [abs(row[t].item() - sampled[t]) for t in range(len(mask)) if mask[t]]
         return prepared, differences
 
+    def _control_metrics(self, control: list) -> dict[str, float]:
+        """The step's control-token metrics over the positions of every rank (all ranks must call it)."""
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, control)
+        return control_metrics([values for rank in gathered for values in rank], self.control_tokens)
+
     @staticmethod
     def _mean(metrics: list[dict[str, float]]) -> dict[str, float]:
         return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]} if metrics else {}
@@ -240,9 +254,10 @@ class Learner:
     # ---- public API -------------------------------------------------------------------------------------
     def rl_update(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
         prepared, differences = self._rl_parts(batch, group_size)
-        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr, (denominator, 1.0))
+        control: list = []  # control-token values of every micro-batch of the step
+        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr, (denominator, 1.0), control)
                    for _ in range(self.config.ppo_epochs) for rl, denominator in prepared]
-        return {**self._mean(metrics), **_difference_metrics(differences)}
+        return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
 
     def sft_update(self, batch: SequenceBatch, lr: float | None = None) -> dict[str, float]:
         """SFT steps over ``batch`` at ``lr`` (default: learner.sft_lr, else learner.lr)."""
@@ -258,11 +273,11 @@ class Learner:
         prepared, differences = self._rl_parts(rl_batch, group_size)
         if not prepared:  # no group carried an RL signal: the λ-weighted SFT term alone
             prepared = [(None, 1.0)]
-        sft_parts = _split_even(sft_batch, len(prepared))
+        sft_parts, control = _split_even(sft_batch, len(prepared)), []
         metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr,
-                                        (denominator, self._denominator(sft)))
+                                        (denominator, self._denominator(sft)), control)
                    for _ in range(self.config.ppo_epochs) for (rl, denominator), sft in zip(prepared, sft_parts)]
-        return {**self._mean(metrics), **_difference_metrics(differences)}
+        return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
 
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
         """Per-token logprobs of every sequence under the current weights (on rank 0; others get [])."""

@@ -1,0 +1,163 @@
+"""Control-token diagnostics: probabilities at structural decision points and their logit gradients.
+
+Multi-turn tool RL collapses through probability spikes on a few control tokens (``<|im_end|>`` or a
+second ``<tool_call>`` where the call's JSON should start). These functions find the decision points in
+the tokens the policy generated (``loss_mask == 1``) and report, per point and control token, the
+probability the policy gives it and the gradient the policy-gradient loss puts on its logit.
+
+Points (position ``t`` is the token being predicted, scored from the logits at ``t - 1``, as in
+``learner.losses.sequence_logprobs``):
+
+- ``call_open``: right after ``<tool_call>`` + a newline: ``healthy`` (the first token of the call's JSON,
+  ``{"`` for the hermes format), ``im_end``, ``tool_call`` (another ``<tool_call>``);
+- ``call_close``: right after ``</tool_call>``: ``im_end`` and ``text`` (anything that is not ``<|im_end|>``,
+  a newline or ``<tool_call>``);
+- ``turn_end``: where the policy generated ``<|im_end|>``: ``im_end``.
+
+Everything is vectorised: the masks are built over [B, L] at once and the softmax is taken only at the
+(few) selected positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rollout.formats import HermesFormat
+from rollout.types import ToolCall
+
+IM_END, CALL_OPEN, CALL_CLOSE = "<|im_end|>", "<tool_call>", "</tool_call>"
+STATISTICS = ("mean", "p99", "max")
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """A control "token": a set of ids, or everything outside it (``complement``), e.g. ``text``."""
+
+    ids: tuple[int, ...]
+    complement: bool = False
+
+
+@dataclass(frozen=True)
+class ControlTokens:
+    """The control token ids of one tokenizer, and the token sets reported at each decision point."""
+
+    im_end: int
+    newlines: tuple[int, ...]  # every token that decodes to newlines only ("\n", "\n\n", ...)
+    call_open: int | None  # None: the vocabulary has no single <tool_call> token
+    call_close: int | None
+    # The first token after "<tool_call>" + newline in a rendered hermes call; None (no call_open point)
+    # when the tokenizer does not render a call as <tool_call>, newline, ...
+    healthy: int | None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> ControlTokens:
+        def single(text: str) -> int | None:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            return ids[0] if len(ids) == 1 else None
+
+        im_end = single(IM_END)
+        if im_end is None:
+            raise ValueError(f"the tokenizer has no single {IM_END} token (toolrl needs the chat markup as one id)")
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        newlines = tuple(i for i, text in enumerate(texts) if text and not text.strip("\n"))
+        call_open, call_close = single(CALL_OPEN), single(CALL_CLOSE)
+        rendered = tokenizer.encode(HermesFormat().render([ToolCall("f", {})]), add_special_tokens=False)
+        layout_ok = call_open is not None and rendered[0] == call_open and rendered[1] in newlines
+        healthy = rendered[2] if layout_ok else None
+        return cls(im_end, newlines, call_open, call_close, healthy)
+
+    def points(self) -> dict[str, dict[str, TokenSet]]:
+        """Per decision point this tokenizer can show, its reported token sets."""
+        end = TokenSet((self.im_end,))
+        points = {}
+        if self.healthy is not None:
+            points["call_open"] = {"healthy": TokenSet((self.healthy,)), "im_end": end,
+                                   "tool_call": TokenSet((self.call_open,))}
+        if self.call_close is not None:
+            structure = (self.im_end, *self.newlines, *((self.call_open,) if self.call_open is not None else ()))
+            points["call_close"] = {"im_end": end, "text": TokenSet(structure, complement=True)}
+        points["turn_end"] = {"im_end": end}
+        return points
+
+
+def _previous(values: Tensor, steps: int, fill) -> Tensor:
+    """[B, L] → [B, L] with ``[:, t] = values[:, t - steps]`` (``fill`` where ``t < steps``)."""
+    return torch.nn.functional.pad(values[:, :-steps], (steps, 0), value=fill)
+
+
+def decision_points(token_ids: Tensor, loss_mask: Tensor, tokens: ControlTokens) -> dict[str, Tensor]:
+    """Per point, a [B, L] bool mask of the generated positions ``t`` that are that decision.
+
+    A point's context tokens must be generated too (markup in the prompt, e.g. the system prompt's
+    example call, is not the policy's decision).
+    """
+    generated = loss_mask.bool() & (torch.arange(loss_mask.shape[1], device=loss_mask.device) > 0)  # t - 1 exists
+    generated_before = generated & _previous(generated, 1, False)
+    found = {}
+    if tokens.healthy is not None:
+        newline = torch.isin(token_ids, torch.tensor(tokens.newlines, device=token_ids.device))
+        found["call_open"] = (generated_before & _previous(generated, 2, False) & _previous(newline, 1, False)
+                              & (_previous(token_ids, 2, -1) == tokens.call_open))
+    if tokens.call_close is not None:
+        found["call_close"] = generated_before & (_previous(token_ids, 1, -1) == tokens.call_close)
+    found["turn_end"] = generated & (token_ids == tokens.im_end)
+    return found
+
+
+@torch.no_grad()
+def control_values(logits: Tensor, token_ids: Tensor, loss_mask: Tensor, advantages: Tensor,
+                   tokens: ControlTokens) -> dict[str, Tensor]:
+    """Per point, a float64 CPU tensor [N, K, 3] over its N positions and K token sets (``tokens.points()``
+    order): (probability p_S, "self" gradient, "other" gradient) of the set S.
+
+    The gradient is that of the unclipped, unnormalised policy-gradient loss ``-A · log p_x`` at each
+    position (A the sequence's advantage, x the sampled token) with respect to the logits:
+    ``∂L/∂z_k = -A · (1[k = x] - p_k)``. Summed over the ids of a set S it is ``-A · (1[x ∈ S] - p_S)``,
+    which is the "self" part ``-A · (1 - p_S)`` where x ∈ S and the "other" part ``A · p_S`` where not.
+    PPO clipping, importance weights, the loss's token-count normalisation and the KL/entropy terms are
+    left out: this shows the direction RL pushes each control token, not the exact update.
+    """
+    values = {}
+    for point, where in decision_points(token_ids, loss_mask, tokens).items():
+        rows, columns = where.nonzero(as_tuple=True)
+        probabilities = torch.softmax(logits[rows, columns - 1].double(), dim=-1)  # [N, V]
+        sampled, advantage = token_ids[rows, columns], advantages[rows].double()
+        per_set = []
+        for token_set in tokens.points()[point].values():
+            ids = torch.tensor(token_set.ids, device=logits.device)
+            p = probabilities[:, ids].sum(-1)
+            inside = torch.isin(sampled, ids)
+            if token_set.complement:
+                p, inside = 1.0 - p, ~inside
+            zero = torch.zeros_like(p)
+            per_set.append(torch.stack([p, torch.where(inside, -advantage * (1.0 - p), zero),
+                                        torch.where(inside, zero, advantage * p)], dim=-1))
+        values[point] = torch.stack(per_set, dim=1).cpu()
+    return values
+
+
+def control_metrics(values: list[dict[str, Tensor]], tokens: ControlTokens) -> dict[str, float]:
+    """A step's metrics from all its ``control_values`` (every micro-batch, mini-batch, epoch and rank).
+
+    ``control/<point>/<token>/{mean,p99,max}`` of the probability over the step's positions, and
+    ``control_grad/<point>/<token>/{total,self,other}`` summed over them; a point without positions in
+    the step has no metrics.
+    """
+    metrics = {}
+    for point, names in tokens.points().items():
+        parts = [v[point] for v in values if point in v and len(v[point])]
+        if not parts:
+            continue
+        stacked = torch.cat(parts)
+        for index, name in enumerate(names):
+            p, self_part, other_part = stacked[:, index].unbind(-1)
+            metrics[f"control/{point}/{name}/mean"] = float(p.mean())
+            metrics[f"control/{point}/{name}/p99"] = float(torch.quantile(p, 0.99))
+            metrics[f"control/{point}/{name}/max"] = float(p.max())
+            metrics[f"control_grad/{point}/{name}/total"] = float(self_part.sum() + other_part.sum())
+            metrics[f"control_grad/{point}/{name}/self"] = float(self_part.sum())
+            metrics[f"control_grad/{point}/{name}/other"] = float(other_part.sum())
+    return metrics

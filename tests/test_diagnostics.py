@@ -1,0 +1,226 @@
+"""Control-token diagnostics: decision points, probabilities and the logit-gradient decomposition."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from learner.batch import SequenceBatch, dialog_sequence
+from learner.config import LearnerConfig
+from learner.diagnostics import ControlTokens, control_metrics, control_values, decision_points
+from learner.models import DEFAULT_POLICY, load_tokenizer
+from learner.worker import Learner, free_port
+
+# The prompt shows markup too (a system prompt's example call): it is not the policy's decision
+PROMPT = '<|im_start|>system\n<tool_call>\n{"name"</tool_call><|im_end|>\n<|im_start|>assistant\n'
+# A call, then a broken second one: <tool_call>, newline, <tool_call>, <|im_end|>
+REPLY_0 = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\n<tool_call>\n<tool_call><|im_end|>'
+REPLY_1 = '</tool_call><|im_end|>ok<tool_call>\n'  # a close, an end, then text cut after "<tool_call>\n"
+TAIL_1 = '{"'  # not generated (mask 0): no call_open point here
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(DEFAULT_POLICY)
+
+
+@pytest.fixture(scope="module")
+def tokens(tokenizer) -> ControlTokens:
+    return ControlTokens.from_tokenizer(tokenizer)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    """[2, L] ids and loss mask (row 1 right-padded), the prompt length and the two replies' ids."""
+    prompt, reply_0 = encode(tokenizer, PROMPT), encode(tokenizer, REPLY_0)
+    reply_1, tail_1 = encode(tokenizer, REPLY_1), encode(tokenizer, TAIL_1)
+    rows = [(prompt + reply_0, [0] * len(prompt) + [1] * len(reply_0)),
+            (prompt + reply_1 + tail_1, [0] * len(prompt) + [1] * len(reply_1) + [0] * len(tail_1))]
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((2, width), tokenizer.pad_token_id)
+    mask = torch.zeros((2, width))
+    for row, (row_ids, row_mask) in enumerate(rows):
+        ids[row, : len(row_ids)] = torch.tensor(row_ids)
+        mask[row, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.float32)
+    return ids, mask, len(prompt), reply_0, reply_1
+
+
+def test_control_tokens_come_from_the_tokenizer(tokenizer, tokens):
+    assert tokens.call_open == tokenizer.convert_tokens_to_ids("<tool_call>")
+    assert tokens.call_close == tokenizer.convert_tokens_to_ids("</tool_call>")
+    assert tokens.im_end == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert encode(tokenizer, "\n") == [tokens.newlines[0]]
+    assert all(set(tokenizer.decode([i])) == {"\n"} for i in tokens.newlines)
+    assert encode(tokenizer, '<tool_call>\n{"name"')[:3] == [tokens.call_open, tokens.newlines[0], tokens.healthy]
+    assert tokenizer.decode([tokens.healthy]) == '{"'
+
+
+def test_decision_points_are_the_hand_listed_generated_positions(tokenizer, tokens, batch):
+    ids, mask, prompt, reply_0, reply_1 = batch
+    # REPLY_0 pieces: <tool_call> \n {" name ... }} \n </tool_call> \n <tool_call> \n <tool_call> <|im_end|>
+    first_close = reply_0.index(tokens.call_close)
+    assert reply_0[first_close:] == [tokens.call_close, tokens.newlines[0], tokens.call_open, tokens.newlines[0],
+                                     tokens.call_open, tokens.im_end]
+    expected = {
+        "call_open": {(0, prompt + 2), (0, prompt + first_close + 4)},
+        "call_close": {(0, prompt + first_close + 1), (1, prompt + 1)},
+        "turn_end": {(0, prompt + len(reply_0) - 1), (1, prompt + 1)},
+    }
+    assert reply_1[:2] == [tokens.call_close, tokens.im_end]
+    found = decision_points(ids, mask, tokens)
+    assert {point: {tuple(p) for p in where.nonzero().tolist()} for point, where in found.items()} == expected
+
+
+def _hand_logits(ids: torch.Tensor, tokens: ControlTokens, vocab: int, prompt: int, first_close: int):
+    """Zeros, except at the positions that score row 0's first call_open and its call_close."""
+    logits = torch.zeros(ids.shape[0], ids.shape[1], vocab)
+    newline = prompt + 1  # the newline after the first <tool_call>: its logits score the token after it
+    logits[0, newline, tokens.healthy], logits[0, newline, tokens.im_end] = 2.0, 1.0
+    logits[0, newline, tokens.call_open] = 0.5
+    logits[0, newline + 1, tokens.healthy] = -3.0  # the logits at the position itself must not be read
+    close = prompt + first_close
+    logits[0, close, tokens.im_end], logits[0, close, tokens.newlines[0]] = 1.5, 0.75
+    logits[0, close, tokens.call_open], logits[0, close, 100] = -1.0, 2.5
+    return logits
+
+
+def test_probabilities_equal_softmax_of_the_logits_before_the_position(tokenizer, tokens, batch):
+    ids, mask, prompt, reply_0, _ = batch
+    vocab = len(tokenizer)
+    first_close = reply_0.index(tokens.call_close)
+    logits = _hand_logits(ids, tokens, vocab, prompt, first_close)
+    values = control_values(logits, ids, mask, torch.tensor([1.5, -0.5]), tokens)
+    # call_open, first position (row 0, after "<tool_call>\n"): logits 2, 1, 0.5 and vocab - 3 zeros
+    total = math.exp(2.0) + math.exp(1.0) + math.exp(0.5) + (vocab - 3)
+    healthy, im_end, tool_call = values["call_open"][0, :, 0].tolist()
+    assert healthy == pytest.approx(math.exp(2.0) / total, rel=1e-12)
+    assert im_end == pytest.approx(math.exp(1.0) / total, rel=1e-12)
+    assert tool_call == pytest.approx(math.exp(0.5) / total, rel=1e-12)
+    # the second call_open position reads all-zero logits: uniform
+    assert values["call_open"][1, :, 0].tolist() == pytest.approx([1 / vocab] * 3, rel=1e-12)
+    # call_close in row 0: text = everything but <|im_end|>, newline and <tool_call>
+    total = math.exp(1.5) + math.exp(0.75) + math.exp(-1.0) + math.exp(2.5) + (vocab - 4)
+    close_im_end, text = values["call_close"][0, :, 0].tolist()
+    assert close_im_end == pytest.approx(math.exp(1.5) / total, rel=1e-12)
+    assert text == pytest.approx((math.exp(2.5) + vocab - 4) / total, rel=1e-12)
+    # the other call_close (row 1) and every turn end read zero logits
+    assert values["call_close"][1, :, 0].tolist() == pytest.approx([1 / vocab, (vocab - 3) / vocab], rel=1e-12)
+    assert values["turn_end"][:, 0, 0].tolist() == pytest.approx([1 / vocab] * 2, rel=1e-12)
+
+
+def _autograd_decomposition(logits, ids, where, advantages, token_set, vocab):
+    """Σ over the positions of ∂(-A·log_softmax(z)[x])/∂z_k, summed over k in the set: (self, other)."""
+    members = torch.zeros(vocab, dtype=torch.bool)
+    members[list(token_set.ids)] = True
+    if token_set.complement:
+        members = ~members
+    parts = {"self": 0.0, "other": 0.0}
+    for row, column in where.nonzero().tolist():
+        z = logits[row, column - 1].detach().double().requires_grad_(True)
+        sampled = ids[row, column].item()
+        (-advantages[row] * torch.log_softmax(z, -1)[sampled]).backward()
+        parts["self" if members[sampled] else "other"] += z.grad[members].sum().item()
+    return parts
+
+
+def test_gradient_decomposition_equals_autograd(tokenizer, tokens, batch):
+    ids, mask, *_ = batch
+    vocab = len(tokenizer)
+    logits = torch.randn(ids.shape[0], ids.shape[1], vocab, generator=torch.Generator().manual_seed(0)) * 3
+    advantages = torch.tensor([1.5, -0.5])
+    metrics = control_metrics([control_values(logits, ids, mask, advantages, tokens)], tokens)
+    found = decision_points(ids, mask, tokens)
+    checked = 0
+    for point, sets in tokens.points().items():
+        for name, token_set in sets.items():
+            expected = _autograd_decomposition(logits, ids, found[point], advantages, token_set, vocab)
+            for part in ("self", "other"):
+                assert metrics[f"control_grad/{point}/{name}/{part}"] == pytest.approx(expected[part], abs=1e-9)
+            assert metrics[f"control_grad/{point}/{name}/total"] == pytest.approx(
+                expected["self"] + expected["other"], abs=1e-9)
+            checked += 1
+    assert checked == 6
+    # at a turn end the sampled token is <|im_end|> itself: all of its gradient is "self"
+    assert metrics["control_grad/turn_end/im_end/other"] == 0.0
+    assert metrics["control_grad/turn_end/im_end/self"] != 0.0
+
+
+def test_step_statistics_pool_every_micro_batch():
+    tokens = ControlTokens(im_end=2, newlines=(5,), call_open=None, call_close=None, healthy=None)
+    ids = torch.tensor([[1, 2]])
+    mask = torch.tensor([[0, 1]])
+    micro_batches = []
+    for k in range(101):  # p(<|im_end|>) = k / 100 at the one turn end of each micro-batch
+        p = k / 100
+        logits = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+        logits[0, 0, 2] = math.log(p / (1 - p)) + math.log(2) if 0 < p < 1 else (-50.0 if p == 0 else 50.0)
+        micro_batches.append(control_values(logits, ids, mask, torch.tensor([1.0]), tokens))
+    metrics = control_metrics(micro_batches, tokens)  # float32 logits: p to ~1e-7
+    assert set(metrics) == {f"control/turn_end/im_end/{s}" for s in ("mean", "p99", "max")} | {
+        f"control_grad/turn_end/im_end/{s}" for s in ("total", "self", "other")}
+    assert metrics["control/turn_end/im_end/mean"] == pytest.approx(0.5, abs=1e-6)
+    assert metrics["control/turn_end/im_end/p99"] == pytest.approx(0.99, abs=1e-6)
+    assert metrics["control/turn_end/im_end/max"] == pytest.approx(1.0, abs=1e-6)
+    # Σ -A·(1 - p) over p = 0, 0.01, ..., 1
+    assert metrics["control_grad/turn_end/im_end/total"] == pytest.approx(-50.5, abs=1e-6)
+    assert control_metrics([], tokens) == {}
+
+
+def test_rl_update_reports_the_control_tokens_of_its_forward_pass(tiny_model_dir):
+    """The wired-in metrics equal the diagnostics of the policy's logits before the step."""
+    config = LearnerConfig(lr=1e-3, micro_batch_size=2, mini_batch_tasks=0, threads=2)
+    learner = Learner(tiny_model_dir, config)
+    learner.connect("127.0.0.1", free_port())
+    try:
+        tokenizer = learner.tokenizer
+        call = '<tool_call>\n{"name": "add", "arguments": {"a": 2}}\n</tool_call>'
+        messages = [{"role": "user", "content": "add 2 and 3"}, {"role": "assistant", "content": call},
+                    {"role": "tool", "content": "5"}, {"role": "assistant", "content": "5"}]
+        sequences = [dialog_sequence(messages, tokenizer) for _ in range(3)]
+        batch = SequenceBatch([s[0] for s in sequences], [s[1] for s in sequences], [1.0, -0.5, -0.5])
+        ids, attention, mask = batch.padded(tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = learner.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        expected = control_metrics([control_values(logits, ids, mask, torch.tensor(batch.advantages),
+                                                   learner.control_tokens)], learner.control_tokens)
+        metrics = learner.rl_update(batch, group_size=3)
+        assert len(expected) == (3 + 2 + 1) * 6  # the points' tokens, 6 statistics each
+        for key, value in expected.items():
+            assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        assert "control/call_open/healthy/mean" not in learner.sft_update(batch)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_report_the_control_tokens_of_one(tiny_model_dir):
+    """Every rank's positions are gathered: 2 ranks report the same step metrics as 1."""
+    import ray
+
+    from cluster.local import init_ray
+    from learner.worker import LearnerGroup
+
+    init_ray()
+    tokenizer = load_tokenizer(tiny_model_dir)
+    replies = ['<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>', '<tool_call>\n<|im_end|>', "done"]
+    sequences = [dialog_sequence([{"role": "user", "content": "go"}, {"role": "assistant", "content": reply}],
+                                 tokenizer) for reply in replies]
+    batch = SequenceBatch([s[0] for s in sequences], [s[1] for s in sequences], [1.0, -1.0, 0.5])
+    config = LearnerConfig(lr=1e-4, micro_batch_size=1, mini_batch_tasks=0, threads=1)
+    results = {}
+    for world in (1, 2):
+        group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), 10, seed=0)
+        metrics = group.rl_update(batch, group_size=3)
+        results[world] = {k: v for k, v in metrics.items() if k.startswith("control")}
+        for rank in group.ranks:
+            ray.kill(rank)
+    assert len(results[1]) == 36 and set(results[1]) == set(results[2])
+    for key, value in results[1].items():
+        assert results[2][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
