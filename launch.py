@@ -93,34 +93,35 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
     from learner.models import default_policy
-    from rollout.envs import load_tasks
-    from rollout.evaluate import evaluate, summarize
+    from rollout.evaluate import build_suite, evaluate, summarize
     from rollout.worker import RolloutPool
 
-    flags = [f"rollout.format={args.format}"] if args.format else []
+    format_ood = args.suite == "format_ood"  # there --format is the tested syntax, not the trained one
+    flags = [f"rollout.format={args.format}"] if args.format and not format_ood else []
     flags += [f"rollout.workers={args.workers}"] if args.workers else []
+    flags += [f"env.name={args.env}"] if args.env else []
     config = _config(args, *flags)
-    env = args.env or config.env.name
-    split = args.split or config.env.eval_split
-    seed = config.env.seed
-    tasks = load_tasks(env, split, seed=seed, limit=args.limit)
+    suite = build_suite(args.suite, config.env, config.rollout.format, limit=args.limit,
+                        ood_format=args.format if format_ood else None, split=args.split)
     model = default_policy() if args.model == "default" else args.model
     init_ray(args.address)
     with console.status(f"starting {config.rollout.workers} rollout worker(s) on {model}"):
-        pool = RolloutPool(str(model), config.rollout, config.env.reward, seed=seed)
+        pool = RolloutPool(str(model), config.rollout, config.env.reward, seed=config.env.seed)
     with _progress() as progress:
-        bar = progress.add_task(f"eval {env}/{split} ({config.rollout.format})", total=len(tasks))
-        rows = evaluate(pool, tasks, chunk=8 * config.rollout.workers, on_progress=lambda n: progress.advance(bar, n))
+        bar = progress.add_task(f"eval {suite.name}: {suite.env}/{suite.split} ({suite.format})", total=len(suite.tasks))
+        rows = evaluate(pool, suite.tasks, chunk=8 * config.rollout.workers,
+                        on_progress=lambda n: progress.advance(bar, n), fmt=suite.format)
     summary = summarize(rows)
-    table = _table(f"{env}/{split}, format {config.rollout.format}, greedy, model {model}",
-                   ("category", "tasks", "success", "turn accuracy", "parse errors"))
+    states = [key.removeprefix("structure/") for key in summary["all"] if key.startswith("structure/")]
+    table = _table(f"{suite.name}: {suite.env}/{suite.split}, format {suite.format}, greedy, model {model}",
+                   ("category", "tasks", "success", "turn accuracy", "parse errors", *states))
     for name, row in summary.items():
         table.add_row(name, str(row["tasks"]), f"{row['success']:.1%}", f"{row['turn_accuracy']:.1%}",
-                      f"{row['parse_error_rate']:.1%}")
+                      f"{row['parse_error_rate']:.1%}", *(f"{row[f'structure/{state}']:.1%}" for state in states))
     console.print(table)
     if args.json:
-        report = {"model": str(model), "env": env, "split": split, "format": config.rollout.format,
-                  "summary": summary, "tasks": rows}
+        report = {"model": str(model), "suite": suite.name, "env": suite.env, "split": suite.split,
+                  "format": suite.format, "summary": summary, "tasks": rows}
         Path(args.json).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
         console.print(f"per-task results: {args.json}")
     return 0
@@ -163,6 +164,42 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress.console.print(_step_line(metrics), highlight=False)
     ray.get(scheduler.close.remote())
     console.print(f"run directory: {config.run_path()}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cluster.report import write_report
+
+    page = write_report([Path(d) for d in args.runs], Path(args.out) if args.out else None)
+    figures = sorted(p.name for p in page.parent.glob("*.png"))
+    console.print(f"wrote {page} ({', '.join(figures) or 'no figures: no metrics to plot'})", highlight=False)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cluster.sweep import COLUMNS, run_sweep, table_cells
+
+    out = Path(args.out or f"runs/sweep-{Path(args.preset).stem}{'-quick' if args.quick else ''}")
+    with _progress(transient=False) as progress:
+        bar = progress.add_task(f"sweep {args.preset}", total=None)
+
+        def on_run(index: int, total: int, run, state: str) -> None:
+            progress.console.print(f"{run.configuration} seed {run.seed}: {state} ({run.run_dir})", highlight=False)
+            progress.update(bar, total=total, completed=index + (state == "finished"),
+                            description=f"sweep: {run.configuration} seed {run.seed}")
+
+        def on_step(run, metrics: dict) -> None:
+            progress.console.print(f"  {run.configuration} seed {run.seed} {_step_line(metrics)}", highlight=False)
+            if metrics["step"] == run.config.trainer.total_steps:
+                progress.advance(bar)
+
+        rows = run_sweep(args.preset, out, args.seeds, args.quick, on_run, on_step)
+    table = _table(f"sweep {args.preset}{' (quick)' if args.quick else ''}: final greedy eval, mean ± std over seeds",
+                   COLUMNS)
+    for row in rows:
+        table.add_row(*table_cells(row))
+    console.print(table)
+    console.print(f"comparison: {out / 'comparison.md'}, {out / 'comparison.json'}", highlight=False)
     return 0
 
 
@@ -251,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="local HF model directory, or 'default' (the committed embedded policy, assets/default-policy)")
     evaluation.add_argument("--env", choices=["bfcl", "synth"], help="environment (default: env.name of the config)")
     evaluation.add_argument("--split", help="split to evaluate (default: env.eval_split of the config)")
+    evaluation.add_argument("--suite", choices=["id", "format_ood", "content_ood"], default="id",
+                            help="id: the eval split; format_ood: the same tasks in another tool-call syntax; "
+                            "content_ood: unseen templates/APIs (synth) or held-out categories (bfcl) (default: id)")
     evaluation.add_argument("--format", choices=["hermes", "python", "json"],
-                            help="tool-call syntax in the prompt and the parser (default: rollout.format)")
+                            help="tool-call syntax in the prompt and the parser (default: rollout.format); with "
+                            "--suite format_ood the tested syntax (default: python, or hermes for a python-trained policy)")
     evaluation.add_argument("--workers", type=positive_int, help="RolloutWorker actors (default: rollout.workers)")
     evaluation.add_argument("--limit", type=positive_int, help="evaluate only the first K tasks of the split")
     evaluation.add_argument("--json", metavar="OUT", help="write the summary and per-task results to this JSON file")
@@ -264,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray on 127.0.0.1)")
     add_config_flags(train)
     train.set_defaults(run=cmd_train)
+
+    report = commands.add_parser("report", help="figures and one HTML page from run directories (runs overlaid)")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with a metrics.jsonl)")
+    report.add_argument("--out", help="output directory (default: RUN_DIR/report for one run; required for several)")
+    report.set_defaults(run=cmd_report)
+
+    sweep = commands.add_parser("sweep", help="train every configuration x seed of a sweep preset, then compare them")
+    sweep.add_argument("--preset", default="paper-tiny",
+                       help="a preset in configs/sweeps/ or a YAML path (default: paper-tiny)")
+    sweep.add_argument("--seeds", type=positive_int, help="seeds per configuration (default: the preset's)")
+    sweep.add_argument("--quick", action="store_true", help="the preset's tiny variant (a few steps on a random policy)")
+    sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<preset>[-quick])")
+    sweep.set_defaults(run=cmd_sweep)
 
     boot = commands.add_parser("bootstrap", help="train the embedded default policy by SFT on expert dialogs")
     boot.add_argument("--out", default="assets/default-policy",

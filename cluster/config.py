@@ -6,10 +6,10 @@ Every field carries a description; an invalid file or override fails with one li
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from learner.config import LearnerConfig
 from rollout.config import EnvConfig, RolloutConfig
@@ -32,11 +32,24 @@ class TrainerConfig(BaseModel):
     eval_every: int = Field(10, ge=0, description="Greedy eval on env.eval_split every N steps, before step 1 and "
                             "after the last step (0: never).")
     eval_tasks: int = Field(100, ge=1, description="Evaluate on the first N tasks of the eval split.")
+    eval_suites: list[Literal["id", "format_ood", "content_ood"]] = Field(
+        ["id", "format_ood", "content_ood"], min_length=1,
+        description="Suites of the periodic eval (rollout/evaluate.py): id (env.eval_split), format_ood (the same "
+        "tasks in another tool-call syntax), content_ood (synth ood_content; bfcl held-out categories).",
+    )
+    ood_eval_tasks: int = Field(50, ge=1, description="Tasks of each OOD suite in the periodic eval (its first N).")
     save_every: int = Field(10, ge=0, description="Checkpoint every N steps and after the last step (0: only "
                             "after the last).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest deleted first).")
     samples_per_step: int = Field(2, ge=0, description="Trajectories per step written as text to samples/.")
     seed: int = Field(0, description="Seed of task order and rollout sampling.")
+
+    @field_validator("eval_suites")
+    @classmethod
+    def _distinct_suites(cls, suites: list[str]) -> list[str]:
+        if len(set(suites)) != len(suites):
+            raise ValueError("a suite is listed twice")
+        return suites
 
 
 class ToolRLConfig(BaseModel):

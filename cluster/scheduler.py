@@ -18,7 +18,7 @@ from cluster.config import ToolRLConfig, dump_config
 from learner.models import default_policy, load_tokenizer
 from learner.worker import LearnerGroup
 from rollout.envs import load_tasks
-from rollout.evaluate import evaluate, summarize
+from rollout.evaluate import build_suite, evaluate, suite_metrics
 from rollout.worker import RolloutPool, Trajectory, group_requests
 from supervision.config import step_kind
 from supervision.supervisor import Supervisor
@@ -127,7 +127,9 @@ class Scheduler:
         checkpoint = checkpoint_to_resume(config)
         self.model_path = str(default_policy() if trainer.model == "default" else trainer.model)
         self.sampler = TaskSampler(load_tasks(config.env.name, config.env.train_split, seed=config.env.seed), trainer.seed)
-        self.eval_tasks = load_tasks(config.env.name, config.env.eval_split, seed=config.env.seed, limit=trainer.eval_tasks)
+        self.eval_suites = [build_suite(name, config.env, config.rollout.format,
+                                        limit=trainer.eval_tasks if name == "id" else trainer.ood_eval_tasks)
+                            for name in trainer.eval_suites]
         self.pool = RolloutPool(self.model_path, config.rollout, config.env.reward, seed=trainer.seed)
         minis = -(-trainer.tasks_per_step // config.learner.mini_batch_tasks) if config.learner.mini_batch_tasks else 1
         self.learners = LearnerGroup(self.model_path, config.learner,
@@ -211,9 +213,12 @@ class Scheduler:
         return metrics[-1]
 
     def evaluate(self) -> dict[str, float]:
-        rows = evaluate(self.pool, self.eval_tasks, chunk=len(self.eval_tasks), on_progress=lambda n: None)
-        summary = summarize(rows)["all"]
-        return {f"eval/{key}": value for key, value in summary.items() if key != "tasks"}
+        """Greedy eval of every suite in trainer.eval_suites: eval/<key> (id), eval/<suite>/<key> (the others)."""
+        metrics: dict[str, float] = {}
+        for suite in self.eval_suites:
+            rows = evaluate(self.pool, suite.tasks, chunk=len(suite.tasks), on_progress=lambda n: None, fmt=suite.format)
+            metrics.update(suite_metrics(suite, rows))
+        return metrics
 
     def initial_eval(self) -> dict[str, float]:
         """Eval of the starting weights, logged as step 0 (skipped when resuming or when eval is off)."""

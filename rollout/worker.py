@@ -27,6 +27,7 @@ class EpisodeRequest:
     seed: int
     hint: str | None = None  # text added to the sampling prompt only (supervision's hint signal)
     hint_position: str = "user"  # "system": end of the system prompt; "user": start of the first user message
+    format: str | None = None  # tool-call syntax of this episode (format-OOD eval); None: rollout.format
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Trajectory:
     hint_position: str = "user"
     prompt_length: int = 0  # tokens before the first generated one (the sampled prompt, hint included)
     unhinted_prompt_ids: list[int] = field(default_factory=list)  # that prompt without the hint (hinted only)
+    format: str = "hermes"  # the tool-call syntax the episode was prompted and parsed with
 
 
 def hinted(content: str, hint: str, position: str) -> str:
@@ -61,7 +63,7 @@ class LiveEpisode:
 
     def __init__(self, request: EpisodeRequest, tokenizer, config: RolloutConfig, reward: RewardConfig):
         self.request, self.tokenizer, self.config = request, tokenizer, config
-        self.format = get_format(config.format, config.tool_descriptions)
+        self.format = get_format(request.format or config.format, config.tool_descriptions)
         self.env = Episode(request.task, reward)
         self.end_id = tokenizer.convert_tokens_to_ids(IM_END)
         self.messages = [{"role": "system", "content": self.format.render_tools(request.task.tools)}]
@@ -191,6 +193,7 @@ class LiveEpisode:
             hint_position=self.request.hint_position,
             prompt_length=self.prompt_length,
             unhinted_prompt_ids=self.unhinted_prompt_ids,
+            format=self.format.name,
         )
 
 

@@ -1,0 +1,316 @@
+"""``launch.py sweep``: every (configuration, seed) of a sweep preset as a training run, then the comparison.
+
+A preset (``configs/sweeps/<name>.yaml``) lists configurations (a config preset + ``--set`` overrides), a
+step budget per run and overrides common to all runs (eval sizes, batch sizes). Runs go one after the other
+in one Ray session, each in ``SWEEP_DIR/<configuration>/seed<k>`` with ``trainer.seed = k``. A finished
+run (its metrics.jsonl has the last step with its final eval) is not redone; an unfinished one resumes from
+its checkpoint (one that died before its first checkpoint starts over). The starting policy is evaluated
+once (``SWEEP_DIR/start.json``): the row every configuration is compared with.
+
+The comparison, per configuration (mean ± sample std over seeds): final eval success of the id,
+format-OOD and content-OOD suites; collapse rate (share of runs with ``alarm`` = 1 at some step; 0 when no
+run logged the key); the largest control-token spike (``control/call_open/{im_end,tool_call}/max`` over all
+steps and runs; n/a when absent); wall time per run (seconds of the sweep's attempts at it, start-up
+included).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cluster.config import ConfigError, ToolRLConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SUCCESS_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "content_ood": "eval/content_ood/success"}
+SPIKE_KEYS = ("control/call_open/im_end/max", "control/call_open/tool_call/max")
+WALL_FILE = "sweep_wall.json"
+
+
+class Configuration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Row label and run directory name.")
+    config: str = Field(description="Config preset, relative to the repository root (e.g. configs/rl.yaml).")
+    set: list[str] = Field([], description="KEY=VALUE overrides on top of the preset and the sweep's own.")
+
+
+class QuickVariant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    configurations: list[str] = Field(min_length=1, description="Names of the configurations to run.")
+    seeds: int = Field(1, ge=1, description="Seeds per configuration.")
+    steps: int = Field(2, ge=1, description="Training steps per run.")
+    set: list[str] = Field([], description="Overrides added after the preset's common ones (small batches and evals).")
+    test_policy: bool = Field(True, description="Train a random tiny policy built into the sweep directory (as the "
+                              "tests do) instead of trainer.model.")
+
+
+class SweepPreset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(ge=1, description="Training steps per run (trainer.total_steps).")
+    seeds: int = Field(3, ge=1, description="Seeds per configuration (launch.py sweep --seeds overrides).")
+    set: list[str] = Field([], description="KEY=VALUE overrides for every run, applied before each configuration's.")
+    configurations: list[Configuration] = Field(min_length=1, description="The rows of the comparison.")
+    quick: QuickVariant | None = Field(None, description="The --quick variant (for tests).")
+
+    @model_validator(mode="after")
+    def _names(self) -> SweepPreset:
+        names = [c.name for c in self.configurations]
+        if len(set(names)) != len(names):
+            raise ValueError("configuration names must be distinct")
+        if self.quick and (unknown := set(self.quick.configurations) - set(names)):
+            raise ValueError(f"quick.configurations: unknown {sorted(unknown)}")
+        return self
+
+
+def load_preset(name: str) -> SweepPreset:
+    """``name`` is a preset in configs/sweeps/ (``paper-tiny``) or a path to a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else ROOT / "configs" / "sweeps" / f"{name}.yaml"
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return SweepPreset.model_validate(tree or {})
+    except OSError as exc:
+        raise ConfigError(f"sweep preset {name}: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"sweep preset {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(root)"
+        raise ConfigError(f"sweep preset {path}: {where}: {error['msg']}") from None
+
+
+@dataclass
+class PlannedRun:
+    configuration: str
+    seed: int
+    config: ToolRLConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_path()
+
+
+def plan(preset: SweepPreset, sweep_dir: Path, seeds: int | None = None, quick: bool = False) -> list[PlannedRun]:
+    """The runs of the sweep in order (configuration-major), each with its validated config."""
+    steps, chosen, extra = preset.steps, preset.configurations, []
+    if quick:
+        if preset.quick is None:
+            raise ValueError("this sweep preset has no quick variant")
+        steps, extra = preset.quick.steps, preset.quick.set
+        chosen = [c for c in preset.configurations if c.name in preset.quick.configurations]
+        seeds = seeds or preset.quick.seeds
+        if preset.quick.test_policy:
+            extra = [*extra, f"trainer.model={sweep_dir.resolve() / 'test-policy'}"]
+    runs = []
+    for configuration in chosen:
+        for seed in range(seeds or preset.seeds):
+            run_dir = sweep_dir.resolve() / configuration.name / f"seed{seed}"
+            config = load_config(ROOT / configuration.config, [
+                f"trainer.eval_every={steps}", *preset.set, *extra, *configuration.set,
+                f"trainer.total_steps={steps}", f"trainer.seed={seed}", f"trainer.run_dir={run_dir}",
+                f"name={configuration.name}-seed{seed}",
+            ])
+            if not config.trainer.eval_every:
+                raise ValueError(f"{configuration.name}: a sweep run needs its final eval (trainer.eval_every > 0)")
+            runs.append(PlannedRun(configuration.name, seed, config))
+    return runs
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def is_finished(run: PlannedRun) -> bool:
+    total = run.config.trainer.total_steps
+    return any(r["step"] == total and any(k.startswith("eval/") for k in r) for r in _records(run.run_dir))
+
+
+def prepare(run: PlannedRun) -> ToolRLConfig:
+    """The config to train this unfinished run with: resume from its checkpoint, or start (over)."""
+    from cluster.scheduler import latest_checkpoint
+
+    run_dir = run.run_dir
+    if (run_dir / "config.yaml").exists():
+        before = load_config(run_dir / "config.yaml").model_dump(exclude={"trainer": {"resume"}})
+        if before != run.config.model_dump(exclude={"trainer": {"resume"}}):
+            raise ValueError(f"{run_dir} holds a run with another config (the preset changed?); use another --out")
+    if latest_checkpoint(run_dir / "checkpoints") is not None:
+        return run.config.model_copy(update={"trainer": run.config.trainer.model_copy(update={"resume": True})})
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to resume from
+    return run.config
+
+
+def _add_wall(run_dir: Path, seconds: float) -> None:
+    path = run_dir / WALL_FILE
+    attempts = json.loads(path.read_text())["attempts"] if path.exists() else []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"attempts": [*attempts, round(seconds, 2)]}) + "\n")
+
+
+def train_run(config: ToolRLConfig, on_step: Callable[[dict], None]) -> None:
+    """One training run on the current Ray session: a Scheduler actor (its workers die with it)."""
+    import ray
+
+    from cluster.scheduler import Scheduler
+
+    started = time.perf_counter()
+    scheduler = ray.remote(num_cpus=0)(Scheduler).remote(config)
+    try:
+        step = ray.get(scheduler.train_step.remote())
+        on_step(step)
+        while step["step"] < config.trainer.total_steps:
+            step = ray.get(scheduler.train_step.remote())
+            on_step(step)
+        ray.get(scheduler.close.remote())
+    finally:
+        ray.kill(scheduler)
+        _add_wall(config.run_path(), time.perf_counter() - started)
+
+
+def evaluate_start(config: ToolRLConfig, path: Path) -> dict[str, float]:
+    """Greedy eval of the starting policy on every suite of ``config`` (saved to ``path``, reused if there)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    import ray
+
+    from learner.models import default_policy
+    from rollout.evaluate import build_suite, evaluate, suite_metrics
+    from rollout.worker import RolloutPool
+
+    trainer = config.trainer
+    model = default_policy() if trainer.model == "default" else trainer.model
+    pool = RolloutPool(str(model), config.rollout, config.env.reward, seed=trainer.seed)
+    try:
+        metrics: dict[str, float] = {}
+        for name in trainer.eval_suites:
+            suite = build_suite(name, config.env, config.rollout.format,
+                                limit=trainer.eval_tasks if name == "id" else trainer.ood_eval_tasks)
+            rows = evaluate(pool, suite.tasks, chunk=len(suite.tasks), on_progress=lambda n: None, fmt=suite.format)
+            metrics.update(suite_metrics(suite, rows))
+    finally:
+        for worker in pool.workers:
+            ray.kill(worker)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def run_outcome(run: PlannedRun) -> dict:
+    """What the comparison needs from one finished run's metrics.jsonl."""
+    records = _records(run.run_dir)
+    final = next(r for r in reversed(records) if r["step"] == run.config.trainer.total_steps)
+    spikes = [r[k] for r in records for k in SPIKE_KEYS if r.get(k) is not None]
+    wall = run.run_dir / WALL_FILE
+    return {
+        "configuration": run.configuration, "seed": run.seed, "run_dir": str(run.run_dir),
+        **{suite: final.get(key) for suite, key in SUCCESS_KEYS.items()},
+        "collapsed": any(r.get("alarm") == 1.0 for r in records),
+        "max_spike": max(spikes) if spikes else None,
+        "wall_s": sum(json.loads(wall.read_text())["attempts"]) if wall.exists() else None,
+    }
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None
+
+
+def compare(outcomes: list[dict], start: dict[str, float] | None = None) -> list[dict]:
+    """One row per configuration (in order of first appearance), plus the starting policy's first."""
+    rows = []
+    if start is not None:
+        rows.append({"configuration": "start (no training)", "runs": 0,
+                     **{suite: {"mean": start.get(key), "std": None} for suite, key in SUCCESS_KEYS.items()},
+                     "collapse_rate": None, "max_spike": None, "wall_s": None})
+    for name in dict.fromkeys(o["configuration"] for o in outcomes):
+        members = [o for o in outcomes if o["configuration"] == name]
+        row: dict = {"configuration": name, "runs": len(members)}
+        for suite in SUCCESS_KEYS:
+            mean, std = _mean_std([o[suite] for o in members])
+            row[suite] = {"mean": mean, "std": std}
+        row["collapse_rate"] = sum(o["collapsed"] for o in members) / len(members)
+        spikes = [o["max_spike"] for o in members if o["max_spike"] is not None]
+        row["max_spike"] = max(spikes) if spikes else None
+        row["wall_s"] = _mean_std([o["wall_s"] for o in members])[0]
+        rows.append(row)
+    return rows
+
+
+COLUMNS = ("configuration", "runs", "ID success %", "format-OOD %", "content-OOD %", "collapse rate",
+           "max spike", "wall s/run")
+
+
+def table_cells(row: dict) -> list[str]:
+    """The row as text: success in percent, mean ± std over seeds (no ± for one seed); n/a when absent."""
+    def success(cell: dict) -> str:
+        if cell["mean"] is None:
+            return "n/a"
+        return f"{100 * cell['mean']:.1f}" + (f" ± {100 * cell['std']:.1f}" if cell["std"] is not None else "")
+
+    def number(value, form: str) -> str:
+        return "n/a" if value is None else format(value, form)
+
+    return [row["configuration"], str(row["runs"]), *(success(row[s]) for s in SUCCESS_KEYS),
+            number(row["collapse_rate"], ".2f"), number(row["max_spike"], ".3g"), number(row["wall_s"], ".0f")]
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def build_test_policy(path: Path) -> None:
+    from learner.models import build_default_model
+
+    if not (path / "config.json").exists():
+        build_default_model(path, size="tiny", seed=0, n_tasks=60)
+
+
+def run_sweep(preset_name: str, sweep_dir: Path, seeds: int | None, quick: bool,
+              on_run: Callable[[int, int, PlannedRun, str], None],
+              on_step: Callable[[PlannedRun, dict], None]) -> list[dict]:
+    """Train what is not finished, then write comparison.{json,md} into ``sweep_dir``; returns the rows.
+
+    ``on_run(index, total, run, state)`` hears each run's state (finished / resume / new) before it is handled.
+    """
+    preset = load_preset(preset_name)
+    runs = plan(preset, sweep_dir, seeds, quick)
+    start_path = sweep_dir / "start.json"
+    pending = {run.run_dir for run in runs if not is_finished(run)}
+    if pending or not start_path.exists():  # Ray (and the test policy) only when something is left to do
+        from cluster.local import init_ray
+
+        if quick and preset.quick.test_policy:
+            build_test_policy(sweep_dir.resolve() / "test-policy")
+        init_ray()
+        evaluate_start(runs[0].config, start_path)
+    for index, run in enumerate(runs):
+        if run.run_dir in pending:
+            config = prepare(run)
+            on_run(index, len(runs), run, "resume" if config.trainer.resume else "new")
+            train_run(config, lambda metrics, run=run: on_step(run, metrics))
+        else:
+            on_run(index, len(runs), run, "finished")
+    outcomes = [run_outcome(run) for run in runs]
+    rows = compare(outcomes, json.loads(start_path.read_text()))
+    title = f"sweep {preset_name}{' (quick)' if quick else ''}: {len(runs)} runs"
+    (sweep_dir / "comparison.json").write_text(json.dumps({"title": title, "rows": rows, "runs": outcomes}, indent=1) + "\n")
+    (sweep_dir / "comparison.md").write_text(markdown(rows, title))
+    return rows
+

@@ -1,0 +1,139 @@
+"""launch.py sweep: the preset's plan, resumability, the comparison's numbers, and --quick end to end."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.config import dump_config
+from cluster.sweep import compare, is_finished, load_preset, markdown, plan, prepare, run_outcome, table_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ("rl", "sft_then_rl", "sync_expert", "interleaved_expert", "sync_off_policy", "sync_hint",
+           "interleaved_erroneous", "interleaved_reflection")
+
+
+def test_paper_tiny_plans_every_preset_and_an_lr_sweep(tmp_path):
+    preset = load_preset("paper-tiny")
+    runs = plan(preset, tmp_path, seeds=3)
+    assert len(runs) == 30 and len({r.run_dir for r in runs}) == 30
+    assert {Path(c.config).stem for c in preset.configurations} == set(PRESETS)
+    rl_lrs = sorted(r.config.learner.lr for r in runs if r.config.supervision.mode == "none" and r.seed == 0)
+    assert rl_lrs == [1e-4, 3e-4, 1e-3]
+    assert {r.config.trainer.seed for r in runs} == {0, 1, 2}
+    for run in runs:
+        trainer = run.config.trainer
+        assert (trainer.total_steps, trainer.eval_every) == (preset.steps, preset.steps)  # the final eval
+        assert run.run_dir == tmp_path.resolve() / run.configuration / f"seed{run.seed}"
+    quick = plan(preset, tmp_path, quick=True)
+    assert [(r.configuration, r.config.trainer.total_steps) for r in quick] == [("rl", 2), ("sft_then_rl", 2)]
+    assert quick[0].config.trainer.model == str(tmp_path.resolve() / "test-policy")
+
+
+def _fake_run(run, steps_done: int, final_eval: bool, checkpoint: bool) -> None:
+    run_dir = run.run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_config(run.config))
+    records = [{"step": s, "reward": 0.1} for s in range(1, steps_done + 1)]
+    if final_eval:
+        records[-1]["eval/success"] = 0.5
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if checkpoint:
+        (run_dir / "checkpoints" / "step_000001").mkdir(parents=True)
+        (run_dir / "checkpoints" / "latest").write_text("step_000001\n")
+
+
+def test_finished_runs_are_kept_unfinished_ones_resume_or_start_over(tmp_path):
+    runs = plan(load_preset("paper-tiny"), tmp_path, quick=True)
+    finished, unfinished = runs
+    _fake_run(finished, 2, final_eval=True, checkpoint=True)
+    assert is_finished(finished) and not is_finished(unfinished)
+    _fake_run(unfinished, 1, final_eval=False, checkpoint=True)
+    assert prepare(unfinished).trainer.resume is True
+    (unfinished.run_dir / "checkpoints" / "latest").unlink()  # died before its first checkpoint
+    assert prepare(unfinished).trainer.resume is False and not unfinished.run_dir.exists()
+    _fake_run(unfinished, 1, final_eval=False, checkpoint=True)
+    changed = unfinished.config.model_copy(update={"learner": unfinished.config.learner.model_copy(update={"lr": 0.5})})
+    (unfinished.run_dir / "config.yaml").write_text(dump_config(changed))
+    with pytest.raises(ValueError, match="another config"):
+        prepare(unfinished)
+
+
+def test_comparison_numbers(tmp_path):
+    def outcome(name, seed, success, alarm, spike, wall):
+        return {"configuration": name, "seed": seed, "id": success, "format_ood": success / 2,
+                "content_ood": None, "collapsed": alarm, "max_spike": spike, "wall_s": wall}
+
+    outcomes = [outcome("rl", 0, 0.2, True, 0.9, 100.0), outcome("rl", 1, 0.3, False, 0.1, 110.0),
+                outcome("rl", 2, 0.4, False, None, 120.0), outcome("mixed", 0, 0.25, False, None, 90.0)]
+    rows = compare(outcomes, start={"eval/success": 0.215, "eval/format_ood/success": 0.01})
+    start, rl, mixed = rows
+    assert start["configuration"] == "start (no training)" and start["id"]["mean"] == 0.215
+    assert rl["id"]["mean"] == pytest.approx(0.3) and rl["id"]["std"] == pytest.approx(statistics.stdev([0.2, 0.3, 0.4]))
+    assert rl["collapse_rate"] == pytest.approx(1 / 3) and rl["max_spike"] == 0.9 and rl["wall_s"] == 110.0
+    assert table_cells(rl) == ["rl", "3", "30.0 ± 10.0", "15.0 ± 5.0", "n/a", "0.33", "0.9", "110"]
+    assert table_cells(mixed) == ["mixed", "1", "25.0", "12.5", "n/a", "0.00", "n/a", "90"]
+    assert table_cells(start)[2:4] == ["21.5", "1.0"]
+    lines = markdown(rows, "t").splitlines()
+    assert lines[0] == "# t" and lines[4:] == ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+
+
+def test_outcome_reads_the_final_eval_alarms_and_spikes(tmp_path):
+    run = plan(load_preset("paper-tiny"), tmp_path, quick=True)[0]
+    run.run_dir.mkdir(parents=True)
+    records = [{"step": 0, "eval/success": 0.9},
+               {"step": 1, "alarm": 0.0, "control/call_open/im_end/max": 0.2},
+               {"step": 2, "alarm": 1.0, "control/call_open/tool_call/max": 0.7, "control/turn_end/im_end/max": 1.0,
+                "eval/success": 0.1, "eval/format_ood/success": 0.05, "eval/content_ood/success": 0.0}]
+    (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run.run_dir / "sweep_wall.json").write_text(json.dumps({"attempts": [10.0, 5.5]}))
+    got = run_outcome(run)
+    assert (got["id"], got["format_ood"], got["content_ood"]) == (0.1, 0.05, 0.0)
+    assert got["collapsed"] is True and got["max_spike"] == 0.7 and got["wall_s"] == 15.5
+
+
+def _sweep(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch.py", "sweep", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.mark.slow
+def test_quick_sweep_completes_and_a_second_invocation_redoes_nothing(tmp_path):
+    out = tmp_path / "sweep"
+    first = _sweep(out)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "rl seed 0: new" in first.stdout and "sft_then_rl seed 0: new" in first.stdout
+    table = (out / "comparison.md").read_text()
+    assert [line.split("|")[1].strip() for line in table.splitlines()[4:]] == ["start (no training)", "rl", "sft_then_rl"]
+    report = json.loads((out / "comparison.json").read_text())
+    assert [(r["configuration"], r["seed"]) for r in report["runs"]] == [("rl", 0), ("sft_then_rl", 0)]
+    for run in report["runs"]:
+        assert all(0.0 <= run[suite] <= 1.0 for suite in ("id", "format_ood", "content_ood"))
+        assert run["wall_s"] > 0 and run["collapsed"] in (True, False)
+    sft = [json.loads(line) for line in (out / "sft_then_rl" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update/sft"] for r in sft] == [1.0, 0.0] and "eval/content_ood/success" in sft[-1]
+    metrics_files = sorted(out.glob("*/seed0/metrics.jsonl"))
+    stamps = [p.stat().st_mtime_ns for p in metrics_files]
+
+    started = time.perf_counter()
+    second = _sweep(out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert time.perf_counter() - started < 30  # no Ray, no engine: it only reads the run directories
+    assert "new" not in second.stdout and "resume" not in second.stdout and second.stdout.count(": finished") == 2
+    assert (out / "comparison.md").read_text() == table
+    assert [p.stat().st_mtime_ns for p in metrics_files] == stamps
+
+    # a report of the real runs: every figure present and referenced
+    result = subprocess.run([sys.executable, "launch.py", "report", *map(str, (p.parent for p in metrics_files)),
+                             "--out", str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report" / "report.html").read_text()
+    pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert {"reward.png", "optimization.png"} <= set(pngs) and all(f'href="{name}"' in page for name in pngs)
