@@ -146,7 +146,9 @@ def prepare(run: PlannedRun) -> ToolRLConfig:
         before = load_config(run_dir / "config.yaml").model_dump(exclude={"trainer": {"resume"}})
         if before != run.config.model_dump(exclude={"trainer": {"resume"}}):
             raise ValueError(f"{run_dir} holds a run with another config (the preset changed?); use another --out")
-    if latest_checkpoint(run_dir / "checkpoints") is not None:
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    # a checkpoint of the last step without its metrics (killed between the two) has no step left to redo
+    if latest is not None and int(latest.name.removeprefix("step_")) < run.config.trainer.total_steps:
         return run.config.model_copy(update={"trainer": run.config.trainer.model_copy(update={"resume": True})})
     if run_dir.exists():
         shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to resume from

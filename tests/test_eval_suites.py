@@ -4,6 +4,9 @@ periodic eval of a training run logs all three (one short real run)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,7 @@ from rollout.expert import expert_messages
 from rollout.formats import get_format
 from rollout.worker import EpisodeRequest, LiveEpisode
 
+ROOT = Path(__file__).resolve().parents[1]
 STATES = ("healthy_tool_call", "healthy_response", "polluted", "collapsed")
 
 
@@ -84,6 +88,13 @@ def test_bad_suite_requests_fail_in_one_line(name, kwargs, message):
     with pytest.raises(ValueError) as info:
         build_suite(name, EnvConfig(), "hermes", **kwargs)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("args", [["--suite", "content_ood", "--split", "test"], ["--suite", "format_ood", "--format", "hermes"]])
+def test_cli_rejects_a_suite_it_cannot_build_before_starting_ray(args):
+    result = subprocess.run([sys.executable, "launch.py", "eval", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and result.stderr.count("\n") == 1
 
 
 def test_summary_weighs_each_task_by_its_assistant_messages():

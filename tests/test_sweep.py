@@ -56,6 +56,9 @@ def test_finished_runs_are_kept_unfinished_ones_resume_or_start_over(tmp_path):
     assert is_finished(finished) and not is_finished(unfinished)
     _fake_run(unfinished, 1, final_eval=False, checkpoint=True)
     assert prepare(unfinished).trainer.resume is True
+    (unfinished.run_dir / "checkpoints" / "latest").write_text("step_000002\n")  # the last step, its metrics lost
+    assert prepare(unfinished).trainer.resume is False and not unfinished.run_dir.exists()
+    _fake_run(unfinished, 1, final_eval=False, checkpoint=True)
     (unfinished.run_dir / "checkpoints" / "latest").unlink()  # died before its first checkpoint
     assert prepare(unfinished).trainer.resume is False and not unfinished.run_dir.exists()
     _fake_run(unfinished, 1, final_eval=False, checkpoint=True)
