@@ -135,7 +135,9 @@ def _step_line(metrics: dict) -> str:
     update += " (no update)" if metrics.get("update/skipped") else ""
     sampled = f" reward {metrics['reward']:.3f} success {metrics['success']:.1%}" if "reward" in metrics else ""
     sft = f" sft_loss {metrics['sft_loss']:.3f}" if "sft_loss" in metrics else ""
-    return f"step {metrics['step']} ({update}):{sampled}{sft}{evaluated} | {phases}"
+    alarm = (f" [bold red]ALARM: {', '.join(k.removeprefix('alarm/') for k in metrics if k.startswith('alarm/'))}"
+             "[/bold red]" if metrics.get("alarm") else "")
+    return f"step {metrics['step']} ({update}):{sampled}{sft}{evaluated} | {phases}{alarm}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

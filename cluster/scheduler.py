@@ -8,6 +8,7 @@ or in-process in tests; it is the same code either way.
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
@@ -19,7 +20,9 @@ from learner.models import default_policy, load_tokenizer
 from learner.worker import LearnerGroup
 from rollout.envs import load_tasks
 from rollout.evaluate import build_suite, evaluate, suite_metrics
+from rollout.structure import structure_shares
 from rollout.worker import RolloutPool, Trajectory, group_requests
+from supervision.alarm import AdaptiveState, Alarm, alarm_metrics
 from supervision.config import step_kind
 from supervision.supervisor import Supervisor
 
@@ -75,14 +78,22 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     groups: dict[str, list[float]] = {}
     for t in trajectories:
         groups.setdefault(t.group_id, []).append(t.reward)
+    reward = sum(t.reward for t in trajectories) / n
+    messages = sum(m["role"] == "assistant" for t in trajectories for m in t.messages)
+    calls = sum(len(step) for t in trajectories for turn in t.calls for step in turn)
     return {
-        "reward": sum(t.reward for t in trajectories) / n,
+        "reward": reward,
+        # a collapsing reward spread is an early warning (RAGEN): GRPO's advantages vanish with it
+        "reward_std": math.sqrt(sum((t.reward - reward) ** 2 for t in trajectories) / n),
         "success": sum(t.result.success for t in trajectories) / n,
         "parse_error_rate": sum(t.parse_errors > 0 for t in trajectories) / n,
         "truncated_rate": sum(t.truncated for t in trajectories) / n,
         "response_tokens": sum(sum(t.loss_mask) for t in trajectories) / n,
         # groups whose rewards are all equal have zero advantage: they teach GRPO nothing
         "flat_group_share": sum(len(set(r)) == 1 for r in groups.values()) / len(groups),
+        "turns_per_episode": messages / n,  # assistant messages per episode
+        "tool_calls_per_message": calls / max(messages, 1),
+        **{f"structure/{state}": share for state, share in structure_shares(trajectories).items()},
     }
 
 
@@ -101,6 +112,12 @@ def save_checkpoint(learners, directory: Path, step: int, run_state: dict, keep:
 def latest_checkpoint(directory: Path) -> Path | None:
     pointer = directory / LATEST
     return directory / pointer.read_text().strip() if pointer.exists() else None
+
+
+def checkpoint_before(directory: Path, step: int) -> Path | None:
+    """The newest complete checkpoint of a step before ``step`` (partial writes are hidden directories)."""
+    return max((p for p in directory.glob("step_*") if p.is_dir() and int(p.name.removeprefix("step_")) < step),
+               default=None)
 
 
 def checkpoint_to_resume(config: ToolRLConfig) -> Path | None:
@@ -135,6 +152,8 @@ class Scheduler:
         self.learners = LearnerGroup(self.model_path, config.learner,
                                      trainer.total_steps * config.learner.ppo_epochs * minis, seed=trainer.seed)
         self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.sampler.tasks, self.run_dir)
+        self.alarm = Alarm(config.supervision.alarm)
+        self.adaptive = AdaptiveState()  # mode adaptive: SFT steps owed after an alarm, RL lr factor
         self.step = 0
         self.started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +162,9 @@ class Scheduler:
             self.step = state["step"]
             self.sampler.restore(state["sampler"])
             self.supervisor.restore(state["supervision"])
+            if "alarm" in state:  # checkpoints written before the alarm existed start it afresh
+                self.alarm.restore(state["alarm"])
+                self.adaptive.restore(state["adaptive"])
             self.pool.update_weights(self.learners.state_dict_for_rollout())
             self._truncate_metrics()
         (self.run_dir / "config.yaml").write_text(dump_config(config))
@@ -154,7 +176,7 @@ class Scheduler:
     def train_step(self) -> dict[str, float]:
         config, trainer, sup = self.config, self.config.trainer, self.config.supervision
         self.step += 1
-        kind = step_kind(sup, self.step)  # rl | sft | combined, from the supervision schedule
+        kind = step_kind(sup, self.step, self.adaptive.sft_steps_left)  # rl | sft | combined, from the schedule
         timings: dict[str, float] = {}
         # sample: G episodes for each drawn task (hints go into some prompts); an SFT step samples nothing.
         # Seeds derive from the step, so a resumed run repeats them.
@@ -171,7 +193,7 @@ class Scheduler:
             sft, sft_counts = None, {}
             if kind != "rl":
                 size = {"sft_then_rl": sup.sft_then_rl.sft_batch_size, "sync": sup.sync.sft_batch_size,
-                        "interleaved": sup.interleaved.sft_batch_size}[sup.mode]
+                        "interleaved": sup.interleaved.sft_batch_size, "adaptive": sup.adaptive.sft_batch_size}[sup.mode]
                 sft, sft_counts = self.supervisor.sft_batch(size)
         # update: GRPO, SFT, or one step on L_rl + λ·L_sft (old logprobs recomputed under the current weights)
         with _timed(timings, "update"):
@@ -180,11 +202,16 @@ class Scheduler:
         with _timed(timings, "sync"):
             if learner_metrics:
                 self.pool.update_weights(self.learners.state_dict_for_rollout())
-        # observe: metrics, samples, periodic eval and checkpoint
+        # observe: metrics, the alarm (and mode adaptive's reaction to it), samples, periodic eval, checkpoint
         with _timed(timings, "observe"):
             metrics = {**(rollout_metrics(trajectories) if trajectories else {}), **supervision_metrics, **sft_counts,
                        **learner_metrics, **{f"update/{k}": float(k == kind) for k in ("rl", "sft", "combined")},
                        "update/skipped": float(not learner_metrics)}
+            if sup.alarm.enabled:
+                reasons = self.alarm.observe(metrics)
+                metrics.update(alarm_metrics(reasons))
+                if sup.mode == "adaptive":
+                    metrics.update(self._adapt(kind, bool(reasons)))
             self._write_samples(trajectories)
             last = self.step == trainer.total_steps
             if trainer.eval_every and (self.step % trainer.eval_every == 0 or last):
@@ -200,17 +227,31 @@ class Scheduler:
 
     def _update(self, kind: str, batch, sft) -> dict[str, float]:
         """The learner call this step's kind asks for; {} when there is nothing to train on."""
-        group_size, sup = self.config.rollout.group_size, self.config.supervision
+        group_size, sup, factor = self.config.rollout.group_size, self.config.supervision, self.adaptive.lr_factor
         if kind == "rl":
-            return self.learners.rl_update(batch, group_size) if len(batch) else {}
+            return self.learners.rl_update(batch, group_size, factor) if len(batch) else {}
         if not len(sft):  # e.g. an SFT phase before any failure was collected
-            return self.learners.rl_update(batch, group_size) if kind == "combined" and len(batch) else {}
+            return self.learners.rl_update(batch, group_size, factor) if kind == "combined" and len(batch) else {}
         if kind == "combined":
             return self.learners.combined_update(batch, sft, sup.sync.sft_weight, group_size)
         lr = sup.interleaved.sft_lr if sup.mode == "interleaved" else None
         epochs = sup.interleaved.sft_epochs if sup.mode == "interleaved" else 1
         metrics = [self.learners.sft_update(sft, lr) for _ in range(epochs)]
         return metrics[-1]
+
+    def _adapt(self, kind: str, fired: bool) -> dict[str, float]:
+        """Mode adaptive after a step: owe SFT steps and scale the RL lr on an alarm, optionally roll back."""
+        adaptive = self.config.supervision.adaptive
+        metrics = {}
+        # This step's metrics came from the weights after step - 1 (the checkpoint of step - 1): go back to
+        # an older one. The step counter, task order and the signals' buffers go on, so the SFT phase sees
+        # the failures that led here.
+        if fired and adaptive.rollback and (checkpoint := checkpoint_before(self.run_dir / "checkpoints", self.step - 1)):
+            metrics["adaptive/rollback_step"] = float(self.learners.load(str(checkpoint))["step"])
+            self.pool.update_weights(self.learners.state_dict_for_rollout())
+        self.adaptive.advance(kind, fired, adaptive)
+        return {**metrics, "adaptive/sft_steps_left": float(self.adaptive.sft_steps_left),
+                "adaptive/lr_factor": self.adaptive.lr_factor}
 
     def evaluate(self) -> dict[str, float]:
         """Greedy eval of every suite in trainer.eval_suites: eval/<key> (id), eval/<suite>/<key> (the others)."""
@@ -255,7 +296,8 @@ class Scheduler:
 
     def save(self) -> Path:
         return save_checkpoint(self.learners, self.run_dir / "checkpoints", self.step,
-                               {"step": self.step, "sampler": self.sampler.state(), "supervision": self.supervisor.state()},
+                               {"step": self.step, "sampler": self.sampler.state(), "supervision": self.supervisor.state(),
+                                "alarm": self.alarm.state(), "adaptive": self.adaptive.state()},
                                self.config.trainer.keep_checkpoints)
 
     def close(self) -> None:

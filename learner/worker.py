@@ -252,10 +252,11 @@ class Learner:
         return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]} if metrics else {}
 
     # ---- public API -------------------------------------------------------------------------------------
-    def rl_update(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
+    def rl_update(self, batch: SequenceBatch, group_size: int, lr_factor: float = 1.0) -> dict[str, float]:
+        """GRPO steps over ``batch`` at ``lr_factor`` × learner.lr (mode adaptive lowers it after alarms)."""
         prepared, differences = self._rl_parts(batch, group_size)
         control: list = []  # control-token values of every micro-batch of the step
-        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr, (denominator, 1.0), control)
+        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr * lr_factor, (denominator, 1.0), control)
                    for _ in range(self.config.ppo_epochs) for rl, denominator in prepared]
         return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
 
@@ -359,8 +360,8 @@ class LearnerGroup:
         shared = [ray.put(a) if isinstance(a, SequenceBatch) else a for a in args]  # one copy for all ranks
         return ray.get([getattr(rank, method).remote(*shared) for rank in self.ranks])[0]
 
-    def rl_update(self, batch: SequenceBatch, group_size: int) -> dict[str, float]:
-        return self._call("rl_update", batch, group_size)
+    def rl_update(self, batch: SequenceBatch, group_size: int, lr_factor: float = 1.0) -> dict[str, float]:
+        return self._call("rl_update", batch, group_size, lr_factor)
 
     def sft_update(self, batch: SequenceBatch, lr: float | None = None) -> dict[str, float]:
         return self._call("sft_update", batch, lr)

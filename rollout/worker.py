@@ -51,6 +51,7 @@ class Trajectory:
     prompt_length: int = 0  # tokens before the first generated one (the sampled prompt, hint included)
     unhinted_prompt_ids: list[int] = field(default_factory=list)  # that prompt without the hint (hinted only)
     format: str = "hermes"  # the tool-call syntax the episode was prompted and parsed with
+    message_truncated: list[bool] = field(default_factory=list)  # per assistant message: cut at max_new_tokens
 
 
 def hinted(content: str, hint: str, position: str) -> str:
@@ -70,6 +71,7 @@ class LiveEpisode:
         self.calls: list[list[list[ToolCall]]] = []
         self.results: list[list[list[str]]] = []
         self.truncated = False
+        self.message_truncated: list[bool] = []
         self.done = False
         self.started = time.perf_counter()
         self._open_turn()
@@ -119,7 +121,9 @@ class LiveEpisode:
         self.token_ids += token_ids
         self.loss_mask += [1] * len(token_ids)
         self.logprobs += logprobs
-        if not finished or not token_ids or token_ids[-1] != self.end_id:
+        cut = not finished or not token_ids or token_ids[-1] != self.end_id
+        self.message_truncated.append(cut)
+        if cut:
             # cut at max_new_tokens: close the message with a template token the policy did not choose
             self.truncated = True
             self.token_ids.append(self.end_id)
@@ -193,6 +197,7 @@ class LiveEpisode:
             hint_position=self.request.hint_position,
             prompt_length=self.prompt_length,
             unhinted_prompt_ids=self.unhinted_prompt_ids,
+            message_truncated=self.message_truncated,
             format=self.format.name,
         )
 

@@ -131,12 +131,61 @@ class ReflectionConfig(BaseModel):
         return self
 
 
+class WatchedMetric(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = Field(None, description="Fire while the value is above this (None: no absolute limit).")
+    min_jump: float = Field(0.0, ge=0, description="A k·σ jump must also be at least this far above the running "
+                            "mean (keeps a metric that sat at 0 from firing on its first small blip).")
+
+
+def _default_watch() -> dict[str, WatchedMetric]:
+    # Not control/call_open/tool_call/*: on the embedded default (untrained by RL) one message that loops
+    # "<tool_call>\n<tool_call>\n..." to max_new_tokens puts p ~ 1 at ~90 call_open positions, so that
+    # metric's max, p99 and even mean reach 0.5-1.0 in 3 of 8 healthy steps (README, Alarm).
+    return {
+        "control/call_open/im_end/max": WatchedMetric(threshold=0.5, min_jump=0.2),
+        "structure/collapsed": WatchedMetric(threshold=0.5, min_jump=0.1),
+    }
+
+
+class AlarmConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Run the detector over every step's metrics (alarm, alarm/<reason>).")
+    watch: dict[str, WatchedMetric] = Field(
+        default_factory=_default_watch, description="Metric name -> rule; a step fires when a watched metric "
+        "is above its threshold or jumps by k_sigma σ (and min_jump) above its running mean. Setting it replaces "
+        "the defaults; a metric missing from a step (e.g. control/ keys on an SFT step) is skipped.",
+    )
+    k_sigma: float = Field(4.0, gt=0, description="Jump rule: fire when value − mean > k_sigma · std (running EMA).")
+    warmup_steps: int = Field(5, ge=1, description="Observations of a metric before its jump and drop rules act.")
+    ema_weight: float = Field(0.1, gt=0, le=1, description="Weight of the newest value in the running mean and "
+                              "variance (the first 1/ema_weight observations are averaged plainly).")
+    success_drop: float | None = Field(
+        0.2, gt=0, le=1, description="Fire when the sampled success falls more than this below its running mean "
+        "(None: off).",
+    )
+
+
+class AdaptiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sft_steps: int = Field(3, ge=1, description="SFT steps after an alarm (from the SFT signals), then RL again.")
+    sft_batch_size: int = Field(16, ge=1, description="SFT sequences per SFT step.")
+    rollback: bool = Field(False, description="On an alarm, first reload the last checkpoint taken before it "
+                           "(weights and optimizer; the step counter, task order and buffers go on).")
+    lr_scale: float = Field(1.0, gt=0, le=1, description="Each alarm multiplies the RL learning rate by this "
+                            "(1: unchanged).")
+
+
 class SupervisionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["none", "sft_then_rl", "sync", "interleaved"] = Field(
+    mode: Literal["none", "sft_then_rl", "sync", "interleaved", "adaptive"] = Field(
         "none", description="none: GRPO only; sft_then_rl: SFT steps first; sync: an SFT term in every RL update "
-        "(off_policy and hint act inside RL steps in any mode); interleaved: RL phases alternating with SFT phases.",
+        "(off_policy and hint act inside RL steps in any mode); interleaved: RL phases alternating with SFT phases; "
+        "adaptive: RL steps, and an SFT phase after each alarm.",
     )
     signals: list[Signal] = Field(default_factory=list, description="Active signals (any subset).")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="mode sync.")
@@ -147,23 +196,33 @@ class SupervisionConfig(BaseModel):
     hint: HintConfig = Field(default_factory=HintConfig, description="signal hint.")
     erroneous: ErroneousConfig = Field(default_factory=ErroneousConfig, description="signal erroneous.")
     reflection: ReflectionConfig = Field(default_factory=ReflectionConfig, description="signal reflection.")
+    alarm: AlarmConfig = Field(default_factory=AlarmConfig, description="The collapse detector (every mode).")
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig, description="mode adaptive.")
 
     @model_validator(mode="after")
     def _consistent(self) -> SupervisionConfig:
         if len(set(self.signals)) != len(self.signals):
             raise ValueError("signals: each signal at most once")
-        if self.mode in ("sft_then_rl", "interleaved") and not set(self.signals) & set(SFT_SIGNALS):
+        if self.mode == "adaptive" and not self.alarm.enabled:
+            raise ValueError("mode 'adaptive' reacts to the alarm: set alarm.enabled=true")
+        if self.mode in ("sft_then_rl", "interleaved", "adaptive") and not set(self.signals) & set(SFT_SIGNALS):
             raise ValueError(f"mode {self.mode!r} has SFT steps: add one of {', '.join(SFT_SIGNALS)} to signals")
         if self.mode == "none" and set(self.signals) & set(SFT_SIGNALS):
-            raise ValueError(f"mode 'none' has no SFT updates: {', '.join(SFT_SIGNALS)} need sync, interleaved or "
-                             "sft_then_rl")
+            raise ValueError(f"mode 'none' has no SFT updates: {', '.join(SFT_SIGNALS)} need sync, interleaved, "
+                             "sft_then_rl or adaptive")
         if self.mode == "sft_then_rl" and set(self.signals) & {"erroneous", "reflection"}:
             raise ValueError("mode 'sft_then_rl' runs SFT before any rollout: only the expert signal has data then")
         return self
 
 
-def step_kind(config: SupervisionConfig, step: int) -> Literal["rl", "sft", "combined"]:
-    """What training step ``step`` (1-based) runs: a pure function of the step, so a resumed run agrees."""
+def step_kind(config: SupervisionConfig, step: int, sft_steps_left: int = 0) -> Literal["rl", "sft", "combined"]:
+    """What training step ``step`` (1-based) runs: a pure function of the step, so a resumed run agrees.
+
+    Mode adaptive depends on the alarm instead: ``sft_steps_left`` is the Scheduler's checkpointed count of
+    SFT steps still owed after the last alarm (supervision.alarm.AdaptiveState).
+    """
+    if config.mode == "adaptive":
+        return "sft" if sft_steps_left > 0 else "rl"
     if config.mode == "sft_then_rl":
         return "sft" if step <= config.sft_then_rl.sft_steps else "rl"
     if config.mode == "sync":
