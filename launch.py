@@ -18,7 +18,8 @@ from rich.table import Table
 
 from cluster.config import ConfigError, load_config
 
-console = Console()
+# piped output (logs, CI) gets a wide console: rich's 80-column default folds the eval table's headers
+console = Console(width=None if sys.stdout.isatty() else 160)
 BOOTSTRAP_STEPS = 1400
 
 

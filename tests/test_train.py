@@ -13,7 +13,7 @@ from cluster.config import load_config
 def _config(model: str, run_dir, *extra: str):
     return load_config(None, [
         f"trainer.model={model}", f"trainer.run_dir={run_dir}", "trainer.total_steps=3", "trainer.tasks_per_step=2",
-        "trainer.eval_every=3", "trainer.eval_tasks=4", "trainer.save_every=1", "rollout.group_size=2",
+        "trainer.eval_every=3", "trainer.eval_tasks=4", "trainer.ood_eval_tasks=4", "trainer.save_every=1", "rollout.group_size=2",
         "rollout.max_new_tokens=24", "learner.lr=1e-3",
         # a random policy earns no reward, so advantages are zero: the entropy bonus makes the update real
         # (and the flat groups must stay in the batch for it)
