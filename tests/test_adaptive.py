@@ -15,17 +15,6 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 RL_LR, LR_SCALE, SFT_STEPS = 1e-2, 0.1, 2
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray()
-    yield
-    ray.shutdown()
-
-
 def _config(run_dir, *extra: str):
     # The embedded default has the format (3/4 of its messages are healthy calls, ~2 % collapsed); one
     # GRPO step at lr 1e-2 wrecks it (~90 % collapsed). Two SFT steps alone do not repair that (measured:

@@ -110,17 +110,6 @@ def test_summary_weighs_each_task_by_its_assistant_messages():
     assert summary["B"]["structure/collapsed"] == 0.0 and summary["all"]["success"] == pytest.approx(1 / 3)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray()
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_periodic_eval_logs_the_three_suites(ray_local, tiny_model_dir, tmp_path):
     from cluster.config import load_config

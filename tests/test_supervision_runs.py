@@ -18,17 +18,6 @@ PRESETS = ("rl", "sft_then_rl", "sync_expert", "interleaved_expert", "sync_off_p
            "interleaved_erroneous", "interleaved_reflection")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray()
-    yield
-    ray.shutdown()
-
-
 def _masked_text(tokenizer, ids, mask) -> str:
     return tokenizer.decode([t for t, m in zip(ids, mask) if m])
 

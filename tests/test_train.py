@@ -25,17 +25,6 @@ def _logged(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray()
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(ray_local, tiny_model_dir, tmp_path):
     from cluster.scheduler import Scheduler, latest_checkpoint
