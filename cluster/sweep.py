@@ -41,6 +41,9 @@ class Configuration(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Row label and run directory name.")
     config: str = Field(description="Config preset, relative to the repository root (e.g. configs/rl.yaml).")
     set: list[str] = Field([], description="KEY=VALUE overrides on top of the preset and the sweep's own.")
+    steps: int | None = Field(None, ge=1, description="Training steps of this configuration's runs (default: the "
+                              "preset's steps), e.g. one more for an interleaved schedule whose SFT steps sample "
+                              "nothing, so that every row has sampled as many episodes.")
 
 
 class QuickVariant(BaseModel):
@@ -113,11 +116,12 @@ def plan(preset: SweepPreset, sweep_dir: Path, seeds: int | None = None, quick: 
             extra = [*extra, f"trainer.model={sweep_dir.resolve() / 'test-policy'}"]
     runs = []
     for configuration in chosen:
+        total = steps if quick else configuration.steps or steps
         for seed in range(seeds or preset.seeds):
             run_dir = sweep_dir.resolve() / configuration.name / f"seed{seed}"
             config = load_config(ROOT / configuration.config, [
-                f"trainer.eval_every={steps}", *preset.set, *extra, *configuration.set,
-                f"trainer.total_steps={steps}", f"trainer.seed={seed}", f"trainer.run_dir={run_dir}",
+                f"trainer.eval_every={total}", *preset.set, *extra, *configuration.set,
+                f"trainer.total_steps={total}", f"trainer.seed={seed}", f"trainer.run_dir={run_dir}",
                 f"name={configuration.name}-seed{seed}",
             ])
             if not config.trainer.eval_every:
