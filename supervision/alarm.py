@@ -4,7 +4,7 @@ Collapse announces itself in a few metrics before success falls: the probability
 a second ``<tool_call>`` where the JSON of a call should start (learner diagnostics), and the share of
 collapsed messages (rollout.structure). ``Alarm.observe`` fires on a step when a watched metric is above
 its threshold, or jumps more than ``k_sigma`` running standard deviations (and ``min_jump``) above its
-running mean, or when the sampled success falls ``success_drop`` below its running mean. Running means and
+running mean, or when the sampled success falls ``success_drop`` (and ``k_sigma`` σ) below its running mean. Running means and
 variances are exponential moving averages; the first ``1 / ema_weight`` observations are averaged
 plainly (the weight of observation n is max(ema_weight, 1/n)), and the jump and drop rules wait for
 ``warmup_steps`` observations. Every observed value updates the statistics, spikes included, so a
@@ -54,7 +54,10 @@ class Alarm:
             self.stats[name] = _updated(stats, value, config.ema_weight)
         success = metrics.get("success")
         if config.success_drop is not None and success is not None:
-            if self.success["n"] >= config.warmup_steps and success < self.success["mean"] - config.success_drop:
+            # the drop must also exceed k_sigma running σ: with a few tasks a step, sampled success swings
+            # 0 <-> 0.5 from the tasks drawn alone (a healthy 2-task sweep run fired on such a swing)
+            drop = max(config.success_drop, config.k_sigma * math.sqrt(self.success["var"]))
+            if self.success["n"] >= config.warmup_steps and success < self.success["mean"] - drop:
                 reasons.append(SUCCESS_DROP)
             self.success = _updated(self.success, success, config.ema_weight)
         return reasons

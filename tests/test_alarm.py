@@ -80,6 +80,13 @@ def test_a_success_drop_fires():
     assert _fired(Alarm(AlarmConfig(success_drop=None)), series) == []
 
 
+def test_a_success_swing_of_a_small_batch_is_no_drop():
+    # sampled success of a healthy paper-tiny run (2 tasks x 8 a step, lr 1e-4, final eval 22 %)
+    swings = [{"success": s} for s in (0.5, 0.0, 0.0, 0.5, 0.5, 0.0)]
+    assert _fired(Alarm(AlarmConfig()), swings) == []
+    assert _fired(Alarm(AlarmConfig(k_sigma=1e-9)), swings) == [(6, ["success_drop"])]  # the drop alone fires
+
+
 def test_missing_and_non_finite_metrics_are_skipped():
     alarm = Alarm(AlarmConfig())
     assert alarm.observe({"sft_loss": 2.0}) == []  # an SFT step: no control, structure or success keys
