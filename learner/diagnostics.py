@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from learner.models import IM_END
 from rollout.formats import HermesFormat
 from rollout.types import ToolCall
 
-IM_END, CALL_OPEN, CALL_CLOSE = "<|im_end|>", "<tool_call>", "</tool_call>"
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 STATISTICS = ("mean", "p99", "max")
 
 
