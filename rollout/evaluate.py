@@ -20,7 +20,7 @@ from itertools import zip_longest
 
 from rollout.config import EnvConfig
 from rollout.envs import Task, load_tasks
-from rollout.worker import RolloutPool, group_requests
+from rollout.worker import RolloutPool
 
 SUITES = ("id", "format_ood", "content_ood")
 OOD_FORMAT = {"hermes": "python", "python": "hermes", "json": "python"}  # trained syntax → tested one
@@ -85,10 +85,7 @@ def evaluate(pool: RolloutPool, tasks: list[Task], chunk: int, on_progress: Call
     for start in range(0, len(tasks), chunk):
         batch = tasks[start : start + chunk]
         by_id = {t.id: t for t in batch}
-        groups = group_requests(batch, group_size=1, seed=0, tag="eval")
-        for request in (r for group in groups for r in group):
-            request.format = fmt
-        for trajectory in pool.run_groups(groups, temperature=0.0):
+        for trajectory in pool.generate(batch, group_size=1, seed=0, temperature=0.0, tag="eval", fmt=fmt):
             result, task = trajectory.result, by_id[trajectory.task_id]
             rows.append({
                 "id": task.id,

@@ -249,10 +249,13 @@ class RolloutWorker:
         return True
 
 
-def group_requests(tasks: list[Task], group_size: int, seed: int, tag: str = "") -> list[list[EpisodeRequest]]:
-    """G episode requests per task, one group id per task, a distinct seed per episode."""
+def group_requests(tasks: list[Task], group_size: int, seed: int, tag: str = "",
+                   fmt: str | None = None) -> list[list[EpisodeRequest]]:
+    """G episode requests per task, one group id per task, a distinct seed per episode (syntax ``fmt``:
+    None is rollout.format)."""
     return [
-        [EpisodeRequest(task, f"{tag}{index}:{task.id}", k, seed=seed + index * group_size + k) for k in range(group_size)]
+        [EpisodeRequest(task, f"{tag}{index}:{task.id}", k, seed=seed + index * group_size + k, format=fmt)
+         for k in range(group_size)]
         for index, task in enumerate(tasks)
     ]
 
@@ -278,9 +281,9 @@ class RolloutPool:
         ray.get([w.ready.remote() for w in self.workers])
 
     def generate(self, tasks: list[Task], group_size: int, seed: int, temperature: float | None = None,
-                 tag: str = "") -> list[Trajectory]:
-        """G episodes per task."""
-        return self.run_groups(group_requests(tasks, group_size, seed, tag), temperature)
+                 tag: str = "", fmt: str | None = None) -> list[Trajectory]:
+        """G episodes per task (in syntax ``fmt``; None: rollout.format)."""
+        return self.run_groups(group_requests(tasks, group_size, seed, tag, fmt), temperature)
 
     def run_groups(self, groups: list[list[EpisodeRequest]], temperature: float | None = None) -> list[Trajectory]:
         """Play groups of requests; whole groups go to one worker (their prompts share a cached prefix)."""
