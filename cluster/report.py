@@ -173,7 +173,6 @@ def structure_figure(runs: list[Run]):
         return None
     found = {key.removeprefix("structure/") for run in with_states for key in run.keys() if key.startswith("structure/")}
     states = [s for s in STATE_COLORS if s in found] + sorted(found - set(STATE_COLORS))
-    colors = _colors(runs)
     fig, axes = _grid(len(with_states), columns=2)
     for ax, run in zip(axes, with_states):
         steps = [r["step"] for r in run.records if any(f"structure/{s}" in r for s in states)]
