@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.config import ToolRLConfig, dump_config
+from learner.batch import rl_batch
 from learner.models import default_policy, load_tokenizer
 from learner.worker import LearnerGroup
 from rollout.envs import load_tasks
@@ -198,15 +199,20 @@ class Scheduler:
         # update: GRPO, SFT, or one step on L_rl + λ·L_sft (old logprobs recomputed under the current weights)
         with _timed(timings, "update"):
             learner_metrics = self._update(kind, batch, sft)
+        updated = bool(learner_metrics)
         # sync: the new weights into every engine, in place (nothing to sync when no update ran)
         with _timed(timings, "sync"):
-            if learner_metrics:
+            if updated:
                 self.pool.update_weights(self.learners.state_dict_for_rollout())
         # observe: metrics, the alarm (and mode adaptive's reaction to it), samples, periodic eval, checkpoint
         with _timed(timings, "observe"):
+            probed = bool(trajectories) and not any(key.startswith("control/") for key in learner_metrics)
+            if probed:  # no update saw these samples (every group flat, as after a collapse): still watch them
+                sampled = rl_batch(trajectories, config.learner.scale_advantages_by_std)
+                learner_metrics |= self.learners.control_probe(sampled)
             metrics = {**(rollout_metrics(trajectories) if trajectories else {}), **supervision_metrics, **sft_counts,
                        **learner_metrics, **{f"update/{k}": float(k == kind) for k in ("rl", "sft", "combined")},
-                       "update/skipped": float(not learner_metrics)}
+                       "update/skipped": float(not updated), "diagnostics/probed": float(probed)}
             if sup.alarm.enabled:
                 reasons = self.alarm.observe(metrics)
                 metrics.update(alarm_metrics(reasons))
@@ -220,8 +226,8 @@ class Scheduler:
                 self.save()
         metrics.update({f"time/{phase}_s": seconds for phase, seconds in timings.items()})
         metrics["time/step_s"] = sum(timings.values())
-        updated = (batch.tokens() if batch and kind != "sft" else 0) + (sft.tokens() if sft else 0)
-        metrics["tokens_per_s/learner"] = updated / max(timings["update"], 1e-9)
+        trained_tokens = (batch.tokens() if batch and kind != "sft" else 0) + (sft.tokens() if sft else 0)
+        metrics["tokens_per_s/learner"] = trained_tokens / max(timings["update"], 1e-9)
         self._log(metrics)
         return {"step": self.step, **metrics}
 

@@ -260,6 +260,18 @@ class Learner:
                    for _ in range(self.config.ppo_epochs) for rl, denominator in prepared]
         return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
 
+    @torch.no_grad()
+    def control_probe(self, batch: SequenceBatch) -> dict[str, float]:
+        """The control-token metrics of ``batch`` under the current weights, from a forward pass alone.
+
+        For steps whose samples no update saw: when every group is flat (after a collapse, every step),
+        nothing trains, yet the control tokens are what should be watched then.
+        """
+        control = [control_values(self._logits(self.model, ids, attention), ids, mask,
+                                  torch.tensor(part.advantages, device=self.device), self.control_tokens)
+                   for part, ids, attention, mask in self._micro_batches(self._local(batch))]
+        return self._control_metrics(control)
+
     def sft_update(self, batch: SequenceBatch, lr: float | None = None) -> dict[str, float]:
         """SFT steps over ``batch`` at ``lr`` (default: learner.sft_lr, else learner.lr)."""
         metrics = []
@@ -362,6 +374,9 @@ class LearnerGroup:
 
     def rl_update(self, batch: SequenceBatch, group_size: int, lr_factor: float = 1.0) -> dict[str, float]:
         return self._call("rl_update", batch, group_size, lr_factor)
+
+    def control_probe(self, batch: SequenceBatch) -> dict[str, float]:
+        return self._call("control_probe", batch)
 
     def sft_update(self, batch: SequenceBatch, lr: float | None = None) -> dict[str, float]:
         return self._call("sft_update", batch, lr)

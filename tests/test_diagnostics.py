@@ -173,8 +173,9 @@ def test_step_statistics_pool_every_micro_batch():
     assert control_metrics([], tokens) == {}
 
 
-def test_rl_update_reports_the_control_tokens_of_its_forward_pass(tiny_model_dir):
-    """The wired-in metrics equal the diagnostics of the policy's logits before the step."""
+def test_rl_update_and_the_probe_report_the_control_tokens_of_the_forward_pass(tiny_model_dir):
+    """The wired-in metrics, and the probe's of steps without an update, equal the diagnostics of the
+    policy's logits before the step."""
     config = LearnerConfig(lr=1e-3, micro_batch_size=2, mini_batch_tasks=0, threads=2)
     learner = Learner(tiny_model_dir, config)
     learner.connect("127.0.0.1", free_port())
@@ -190,10 +191,12 @@ def test_rl_update_reports_the_control_tokens_of_its_forward_pass(tiny_model_dir
             logits = learner.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
         expected = control_metrics([control_values(logits, ids, mask, torch.tensor(batch.advantages),
                                                    learner.control_tokens)], learner.control_tokens)
+        probed = learner.control_probe(batch)  # a forward pass alone: it must not move the weights
         metrics = learner.rl_update(batch, group_size=3)
         assert len(expected) == (3 + 2 + 1) * 6  # the points' tokens, 6 statistics each
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+            assert probed[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
         assert "control/call_open/healthy/mean" not in learner.sft_update(batch)
     finally:
         dist.destroy_process_group()

@@ -103,3 +103,21 @@ def test_resumed_run_repeats_the_uninterrupted_run(ray_local, tiny_model_dir, tm
     straight = comparable(tmp_path / "straight")
     assert straight == comparable(tmp_path / "resumed")
     assert [r["update/sft"] for r in straight] == [0.0, 0.0, 1.0] and straight[2]["supervision/sft_samples/erroneous"] == 4
+
+
+@pytest.mark.slow
+def test_a_step_without_an_update_still_reports_the_control_tokens(ray_local, tmp_path):
+    """With one episode a group every group is flat: no update runs, and a forward pass over the step's
+    samples (under the default policy, which makes tool calls) reports the control tokens."""
+    from cluster.scheduler import Scheduler
+
+    config = load_config(None, [f"trainer.run_dir={tmp_path / 'run'}", "trainer.total_steps=1", "trainer.eval_every=0",
+                                "trainer.tasks_per_step=4", "rollout.group_size=1", "rollout.max_new_tokens=64"])
+    scheduler = Scheduler(config)
+    step = scheduler.train_step()
+    scheduler.close()
+    assert step["update/skipped"] == 1.0 and step["diagnostics/probed"] == 1.0 and "pg_loss" not in step
+    assert 0.0 < step["control/turn_end/im_end/mean"] <= step["control/turn_end/im_end/max"] <= 1.0
+    assert 0.0 < step["control/call_open/healthy/max"] <= 1.0
+    # flat groups have zero advantage: RL pushes no control token
+    assert all(value == 0.0 for key, value in step.items() if key.startswith("control_grad/"))
