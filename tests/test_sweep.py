@@ -47,6 +47,15 @@ def test_supervision_table_samples_as_many_episodes_per_row(tmp_path):
     assert [table[n].config.trainer.total_steps for n in table] == [6, 6, 7, 7]
 
 
+def test_collapse_repair_runs_every_rl_at_the_collapsing_lr_and_sft_gently(tmp_path):
+    runs = {r.configuration: r.config for r in plan(load_preset("collapse-repair"), tmp_path, seeds=1)}
+    assert set(runs) == {"rl", "sft_then_rl", "sync_expert", "interleaved_expert", "adaptive"}
+    assert {(c.learner.lr, c.learner.sft_lr) for c in runs.values()} == {(1e-3, 1e-4)}
+    adaptive = runs["adaptive"]
+    assert adaptive.supervision.adaptive.rollback and adaptive.trainer.save_every == 1
+    assert adaptive.trainer.keep_checkpoints >= 2  # the one before the alarm's weights must still be there
+
+
 def _fake_run(run, steps_done: int, final_eval: bool, checkpoint: bool) -> None:
     run_dir = run.run_dir
     run_dir.mkdir(parents=True)
