@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.config import ToolRLConfig, dump_config
-from learner.batch import rl_batch
+from learner.batch import SequenceBatch, rl_batch
 from learner.models import default_policy, load_tokenizer
 from learner.worker import LearnerGroup
 from rollout.envs import load_tasks
@@ -138,7 +138,9 @@ def checkpoint_to_resume(config: ToolRLConfig) -> Path | None:
 
 
 class Scheduler:
-    def __init__(self, config: ToolRLConfig):
+    def __init__(self, config: ToolRLConfig, pool: RolloutPool | None = None, learners: LearnerGroup | None = None):
+        """``pool`` and ``learners``: actors of an earlier run to train on (``launch.py sweep``), started afresh
+        from the model files; without them the Scheduler makes its own."""
         self.config = config
         trainer = config.trainer
         self.run_dir = config.run_path()
@@ -148,10 +150,15 @@ class Scheduler:
         self.eval_suites = [build_suite(name, config.env, config.rollout.format,
                                         limit=trainer.eval_tasks if name == "id" else trainer.ood_eval_tasks)
                             for name in trainer.eval_suites]
-        self.pool = RolloutPool(self.model_path, config.rollout, config.env.reward, seed=trainer.seed)
+        self.pool = pool if pool is not None else RolloutPool(self.model_path, config.rollout, config.env.reward,
+                                                               seed=trainer.seed)
         minis = -(-trainer.tasks_per_step // config.learner.mini_batch_tasks) if config.learner.mini_batch_tasks else 1
-        self.learners = LearnerGroup(self.model_path, config.learner,
-                                     trainer.total_steps * config.learner.ppo_epochs * minis, seed=trainer.seed)
+        optimizer_steps = trainer.total_steps * config.learner.ppo_epochs * minis
+        if learners is None:
+            self.learners = LearnerGroup(self.model_path, config.learner, optimizer_steps, seed=trainer.seed)
+        else:
+            self.learners = learners
+            learners.start(config.learner, optimizer_steps, trainer.seed)
         self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.sampler.tasks, self.run_dir)
         self.alarm = Alarm(config.supervision.alarm)
         self.adaptive = AdaptiveState()  # mode adaptive: SFT steps owed after an alarm, RL lr factor
@@ -166,8 +173,9 @@ class Scheduler:
             if "alarm" in state:  # checkpoints written before the alarm existed start it afresh
                 self.alarm.restore(state["alarm"])
                 self.adaptive.restore(state["adaptive"])
-            self.pool.update_weights(self.learners.state_dict_for_rollout())
             self._truncate_metrics()
+        if checkpoint is not None or pool is not None:  # the engines hold the model files' weights or another run's
+            self.pool.update_weights(self.learners.state_dict_for_rollout())
         (self.run_dir / "config.yaml").write_text(dump_config(config))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -208,8 +216,7 @@ class Scheduler:
         with _timed(timings, "observe"):
             probed = bool(trajectories) and not any(key.startswith("control/") for key in learner_metrics)
             if probed:  # no update saw these samples (every group flat, as after a collapse): still watch them
-                sampled = rl_batch(trajectories, config.learner.scale_advantages_by_std)
-                learner_metrics |= self.learners.control_probe(sampled)
+                learner_metrics |= self.learners.control_probe(self._probe_batch(trajectories, len(tasks)))
             metrics = {**(rollout_metrics(trajectories) if trajectories else {}), **supervision_metrics, **sft_counts,
                        **learner_metrics, **{f"update/{k}": float(k == kind) for k in ("rl", "sft", "combined")},
                        "update/skipped": float(not updated), "diagnostics/probed": float(probed)}
@@ -244,6 +251,13 @@ class Scheduler:
         epochs = sup.interleaved.sft_epochs if sup.mode == "interleaved" else 1
         metrics = [self.learners.sft_update(sft, lr) for _ in range(epochs)]
         return metrics[-1]
+
+    def _probe_batch(self, trajectories: list[Trajectory], groups: int) -> SequenceBatch:
+        """Every group's first sample, then the second ones, ...: max(G, groups) sequences in all. A forward
+        pass over them costs about a third of an update on as many; all 16-32 of a step cost a sweep minutes."""
+        batch = rl_batch(trajectories, self.config.learner.scale_advantages_by_std)
+        order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].sample_index)
+        return batch.select(order[: max(self.config.rollout.group_size, groups)])
 
     def _adapt(self, kind: str, fired: bool) -> dict[str, float]:
         """Mode adaptive after a step: owe SFT steps and scale the RL lr on an alarm, optionally roll back."""

@@ -2,7 +2,9 @@
 
 A preset (``configs/sweeps/<name>.yaml``) lists configurations (a config preset + ``--set`` overrides), a
 step budget per run and overrides common to all runs (eval sizes, batch sizes). Runs go one after the other
-in one Ray session, each in ``SWEEP_DIR/<configuration>/seed<k>`` with ``trainer.seed = k``. A finished
+in one Ray session, seed by seed, each in ``SWEEP_DIR/<configuration>/seed<k>`` with ``trainer.seed = k``;
+consecutive runs that can share RolloutWorker and Learner actors do (``Actors``), each starting afresh
+from the model files. A finished
 run (its metrics.jsonl has the last step with its final eval) is not redone; an unfinished one resumes from
 its checkpoint (one that died before its first checkpoint starts over). The starting policy is evaluated
 once (``SWEEP_DIR/start.json``): the row every configuration is compared with.
@@ -11,7 +13,7 @@ The comparison, per configuration (mean ± sample std over seeds): final eval su
 format-OOD and content-OOD suites; collapse rate (share of runs with ``alarm`` = 1 at some step; 0 when no
 run logged the key); the largest control-token spike (``control/call_open/{im_end,tool_call}/max`` over all
 steps and runs; n/a when absent); wall time per run (seconds of the sweep's attempts at it, start-up
-included).
+included; building the shared actors counts in the first run on them).
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ class PlannedRun:
 
 
 def plan(preset: SweepPreset, sweep_dir: Path, seeds: int | None = None, quick: bool = False) -> list[PlannedRun]:
-    """The runs of the sweep in order (configuration-major), each with its validated config."""
+    """The runs of the sweep in order, each with its validated config: seed-major, so that one seed's runs
+    come one after the other on the same actors (``Actors``) and every configuration has a seed early."""
     steps, chosen, extra = preset.steps, preset.configurations, []
     if quick:
         if preset.quick is None:
@@ -115,9 +118,9 @@ def plan(preset: SweepPreset, sweep_dir: Path, seeds: int | None = None, quick: 
         if preset.quick.test_policy:
             extra = [*extra, f"trainer.model={sweep_dir.resolve() / 'test-policy'}"]
     runs = []
-    for configuration in chosen:
-        total = steps if quick else configuration.steps or steps
-        for seed in range(seeds or preset.seeds):
+    for seed in range(seeds or preset.seeds):
+        for configuration in chosen:
+            total = steps if quick else configuration.steps or steps
             run_dir = sweep_dir.resolve() / configuration.name / f"seed{seed}"
             config = load_config(ROOT / configuration.config, [
                 f"trainer.eval_every={total}", *preset.set, *extra, *configuration.set,
@@ -166,14 +169,55 @@ def _add_wall(run_dir: Path, seconds: float) -> None:
     path.write_text(json.dumps({"attempts": [*attempts, round(seconds, 2)]}) + "\n")
 
 
-def train_run(config: ToolRLConfig, on_step: Callable[[dict], None]) -> None:
-    """One training run on the current Ray session: a Scheduler actor (its workers die with it)."""
+def actor_key(config: ToolRLConfig) -> str:
+    """Runs with equal keys can train on the same RolloutWorker and Learner actors, one after the other:
+    what the engines were built with (model, rollout and reward settings, seed) and what a Learner keeps
+    across ``Learner.start`` (process group, resources, threads)."""
+    learner = config.learner
+    return json.dumps([config.trainer.model, config.trainer.seed, config.rollout.model_dump(),
+                       config.env.reward.model_dump(), learner.world_size, learner.cpus_per_rank,
+                       learner.gpus_per_rank, learner.threads], sort_keys=True)
+
+
+class Actors:
+    """The engines and learners of the sweep's last run, kept for the next run with the same ``actor_key``:
+    building them (vLLM engine start, process group, sharding) is ~17 s of a ~2-minute tiny run."""
+
+    def __init__(self):
+        self.key, self.pool, self.learners = None, None, None
+
+    def for_run(self, config: ToolRLConfig):
+        from learner.models import default_policy
+        from learner.worker import LearnerGroup
+        from rollout.worker import RolloutPool
+
+        if actor_key(config) != self.key:
+            self.close()
+            trainer = config.trainer
+            model = str(default_policy() if trainer.model == "default" else trainer.model)
+            self.pool = RolloutPool(model, config.rollout, config.env.reward, seed=trainer.seed)
+            self.learners = LearnerGroup(model, config.learner, 1, seed=trainer.seed)
+            self.key = actor_key(config)
+        return self.pool, self.learners
+
+    def close(self) -> None:
+        import ray
+
+        for actor in [*(self.pool.workers if self.pool else []), *(self.learners.ranks if self.learners else [])]:
+            ray.kill(actor)
+        self.key, self.pool, self.learners = None, None, None
+
+
+def train_run(config: ToolRLConfig, actors: Actors, on_step: Callable[[dict], None]) -> None:
+    """One training run on the current Ray session: a Scheduler actor on ``actors``' engines and learners.
+
+    A run that fails takes its actors with it (a Learner may have died inside a collective)."""
     import ray
 
     from cluster.scheduler import Scheduler
 
     started = time.perf_counter()
-    scheduler = ray.remote(num_cpus=0)(Scheduler).remote(config)
+    scheduler = ray.remote(num_cpus=0)(Scheduler).remote(config, *actors.for_run(config))
     try:
         step = ray.get(scheduler.train_step.remote())
         on_step(step)
@@ -181,34 +225,28 @@ def train_run(config: ToolRLConfig, on_step: Callable[[dict], None]) -> None:
             step = ray.get(scheduler.train_step.remote())
             on_step(step)
         ray.get(scheduler.close.remote())
+    except BaseException:
+        actors.close()
+        raise
     finally:
         ray.kill(scheduler)
         _add_wall(config.run_path(), time.perf_counter() - started)
 
 
-def evaluate_start(config: ToolRLConfig, path: Path) -> dict[str, float]:
+def evaluate_start(config: ToolRLConfig, actors: Actors, path: Path) -> dict[str, float]:
     """Greedy eval of the starting policy on every suite of ``config`` (saved to ``path``, reused if there)."""
     if path.exists():
         return json.loads(path.read_text())
-    import ray
-
-    from learner.models import default_policy
     from rollout.evaluate import build_suite, evaluate, suite_metrics
-    from rollout.worker import RolloutPool
 
     trainer = config.trainer
-    model = default_policy() if trainer.model == "default" else trainer.model
-    pool = RolloutPool(str(model), config.rollout, config.env.reward, seed=trainer.seed)
-    try:
-        metrics: dict[str, float] = {}
-        for name in trainer.eval_suites:
-            suite = build_suite(name, config.env, config.rollout.format,
-                                limit=trainer.eval_tasks if name == "id" else trainer.ood_eval_tasks)
-            rows = evaluate(pool, suite.tasks, chunk=len(suite.tasks), on_progress=lambda n: None, fmt=suite.format)
-            metrics.update(suite_metrics(suite, rows))
-    finally:
-        for worker in pool.workers:
-            ray.kill(worker)
+    pool, _ = actors.for_run(config)  # the engines hold the model files' weights until a run changes them
+    metrics: dict[str, float] = {}
+    for name in trainer.eval_suites:
+        suite = build_suite(name, config.env, config.rollout.format,
+                            limit=trainer.eval_tasks if name == "id" else trainer.ood_eval_tasks)
+        rows = evaluate(pool, suite.tasks, chunk=len(suite.tasks), on_progress=lambda n: None, fmt=suite.format)
+        metrics.update(suite_metrics(suite, rows))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
@@ -305,14 +343,18 @@ def run_sweep(preset_name: str, sweep_dir: Path, seeds: int | None, quick: bool,
         if quick and preset.quick.test_policy:
             build_test_policy(sweep_dir.resolve() / "test-policy")
         init_ray()
-        evaluate_start(runs[0].config, start_path)
-    for index, run in enumerate(runs):
-        if run.run_dir in pending:
-            config = prepare(run)
-            on_run(index, len(runs), run, "resume" if config.trainer.resume else "new")
-            train_run(config, lambda metrics, run=run: on_step(run, metrics))
-        else:
-            on_run(index, len(runs), run, "finished")
+    actors = Actors()
+    try:
+        evaluate_start(runs[0].config, actors, start_path)
+        for index, run in enumerate(runs):
+            if run.run_dir in pending:
+                config = prepare(run)
+                on_run(index, len(runs), run, "resume" if config.trainer.resume else "new")
+                train_run(config, actors, lambda metrics, run=run: on_step(run, metrics))
+            else:
+                on_run(index, len(runs), run, "finished")
+    finally:
+        actors.close()
     outcomes = [run_outcome(run) for run in runs]
     rows = compare(outcomes, json.loads(start_path.read_text()))
     title = f"sweep {preset_name}{' (quick)' if quick else ''}: {len(runs)} runs"

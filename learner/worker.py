@@ -66,13 +66,19 @@ class Learner:
         return address, free_port()
 
     def connect(self, master_addr: str, master_port: int) -> None:
-        """Join the process group, then load and shard the policy (and the frozen reference for KL)."""
-        config = self.config
-        on_gpu = torch.cuda.is_available() and config.gpus_per_rank > 0
+        """Join the process group, then start the first run."""
+        on_gpu = torch.cuda.is_available() and self.config.gpus_per_rank > 0
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         dist.init_process_group("nccl" if on_gpu else "gloo", rank=self.rank, world_size=self.world_size)
-        torch.manual_seed(self.seed)
+        self.start(self.config, self.total_optimizer_steps, self.seed)
+
+    def start(self, config: LearnerConfig, total_optimizer_steps: int, seed: int) -> None:
+        """A run from the model files: load and shard the policy (and the frozen reference for KL), a fresh
+        optimizer. ``launch.py sweep`` calls it again to train its next run on the same actors; the process
+        group, device and thread count stay (``cluster.sweep.actor_key`` says when that is allowed)."""
+        self.config, self.total_optimizer_steps, self.seed = config, max(total_optimizer_steps, 1), seed
+        torch.manual_seed(seed)
         model, self.tokenizer = load_policy(self.model_path, "float32", config.attn_implementation)
         self.control_tokens = ControlTokens.from_tokenizer(self.tokenizer)
         self.model = _shard(model.to(self.device))
@@ -371,6 +377,9 @@ class LearnerGroup:
 
         shared = [ray.put(a) if isinstance(a, SequenceBatch) else a for a in args]  # one copy for all ranks
         return ray.get([getattr(rank, method).remote(*shared) for rank in self.ranks])[0]
+
+    def start(self, config: LearnerConfig, total_optimizer_steps: int, seed: int) -> None:
+        self._call("start", config, total_optimizer_steps, seed)
 
     def rl_update(self, batch: SequenceBatch, group_size: int, lr_factor: float = 1.0) -> dict[str, float]:
         return self._call("rl_update", batch, group_size, lr_factor)

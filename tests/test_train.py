@@ -96,13 +96,47 @@ def test_resumed_run_repeats_the_uninterrupted_run(ray_local, tiny_model_dir, tm
         run(tmp_path / "resumed", 1, *interleaved)
     run(tmp_path / "resumed", 1, "trainer.resume=true", *interleaved)
 
-    def comparable(run_dir) -> list[dict]:
-        return [{k: v for k, v in r.items() if not k.startswith(("time/", "tokens_per_s", "wall_s"))}
-                for r in _logged(run_dir)]
-
-    straight = comparable(tmp_path / "straight")
-    assert straight == comparable(tmp_path / "resumed")
+    straight = _comparable(tmp_path / "straight")
+    assert straight == _comparable(tmp_path / "resumed")
     assert [r["update/sft"] for r in straight] == [0.0, 0.0, 1.0] and straight[2]["supervision/sft_samples/erroneous"] == 4
+
+
+def _comparable(run_dir) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "tokens_per_s", "wall_s"))}
+            for r in _logged(run_dir)]
+
+
+@pytest.mark.slow
+def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(ray_local, tiny_model_dir, tmp_path):
+    """launch.py sweep trains consecutive runs on the same engines and learners: a run after another one
+    (other lr, SFT steps, so other weights and optimizer state) logs exactly what it logs alone."""
+    import ray
+
+    from cluster.scheduler import Scheduler
+    from cluster.sweep import Actors
+
+    def run(run_dir, actors: Actors | None, *extra: str) -> None:
+        config = _config(tiny_model_dir, run_dir, "trainer.total_steps=2", "trainer.eval_every=2", *extra)
+        scheduler = Scheduler(config, *(actors.for_run(config) if actors else ()))
+        for _ in range(2):
+            scheduler.train_step()
+        scheduler.close()
+        if actors is None:
+            for actor in [*scheduler.pool.workers, *scheduler.learners.ranks]:
+                ray.kill(actor)
+
+    run(tmp_path / "alone", None)
+    actors = Actors()
+    run(tmp_path / "before", actors, "learner.lr=1e-2", "supervision.mode=interleaved",
+        "supervision.signals=[erroneous]", "supervision.interleaved.rl_steps=1", "supervision.interleaved.sft_steps=1",
+        "supervision.interleaved.sft_batch_size=4")
+    pool = actors.pool
+    run(tmp_path / "after", actors)
+    assert actors.pool is pool  # the same engines, not new ones
+    actors.close()
+    alone = _comparable(tmp_path / "alone")
+    assert _comparable(tmp_path / "after") == alone
+    assert _comparable(tmp_path / "before")[0]["lr"] != alone[0]["lr"] and "eval/success" in alone[1]
 
 
 @pytest.mark.slow
