@@ -20,7 +20,7 @@ from learner.batch import SequenceBatch, rl_batch
 from learner.models import default_policy, load_tokenizer
 from learner.worker import LearnerGroup
 from rollout.envs import load_tasks
-from rollout.evaluate import build_suite, evaluate, suite_metrics
+from rollout.evaluate import Suite, build_suite, evaluate_suites
 from rollout.structure import structure_shares
 from rollout.worker import RolloutPool, Trajectory, group_requests
 from supervision.alarm import AdaptiveState, Alarm, alarm_metrics
@@ -63,6 +63,14 @@ class TaskSampler:
     def restore(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
         self._order = self._shuffled()
+
+
+def eval_suites(config: ToolRLConfig) -> list[Suite]:
+    """trainer.eval_suites with their tasks: eval_tasks of the id suite, ood_eval_tasks of the others."""
+    trainer = config.trainer
+    return [build_suite(name, config.env, config.rollout.format,
+                        limit=trainer.eval_tasks if name == "id" else trainer.ood_eval_tasks)
+            for name in trainer.eval_suites]
 
 
 def render_trajectory(trajectory: Trajectory) -> str:
@@ -147,9 +155,7 @@ class Scheduler:
         checkpoint = checkpoint_to_resume(config)
         self.model_path = str(default_policy() if trainer.model == "default" else trainer.model)
         self.sampler = TaskSampler(load_tasks(config.env.name, config.env.train_split, seed=config.env.seed), trainer.seed)
-        self.eval_suites = [build_suite(name, config.env, config.rollout.format,
-                                        limit=trainer.eval_tasks if name == "id" else trainer.ood_eval_tasks)
-                            for name in trainer.eval_suites]
+        self.eval_suites = eval_suites(config)
         self.pool = pool if pool is not None else RolloutPool(self.model_path, config.rollout, config.env.reward,
                                                                seed=trainer.seed)
         minis = -(-trainer.tasks_per_step // config.learner.mini_batch_tasks) if config.learner.mini_batch_tasks else 1
@@ -275,11 +281,7 @@ class Scheduler:
 
     def evaluate(self) -> dict[str, float]:
         """Greedy eval of every suite in trainer.eval_suites: eval/<key> (id), eval/<suite>/<key> (the others)."""
-        metrics: dict[str, float] = {}
-        for suite in self.eval_suites:
-            rows = evaluate(self.pool, suite.tasks, chunk=len(suite.tasks), on_progress=lambda n: None, fmt=suite.format)
-            metrics.update(suite_metrics(suite, rows))
-        return metrics
+        return evaluate_suites(self.pool, self.eval_suites)
 
     def initial_eval(self) -> dict[str, float]:
         """Eval of the starting weights, logged as step 0 (skipped when resuming or when eval is off)."""

@@ -237,16 +237,11 @@ def evaluate_start(config: ToolRLConfig, actors: Actors, path: Path) -> dict[str
     """Greedy eval of the starting policy on every suite of ``config`` (saved to ``path``, reused if there)."""
     if path.exists():
         return json.loads(path.read_text())
-    from rollout.evaluate import build_suite, evaluate, suite_metrics
+    from cluster.scheduler import eval_suites
+    from rollout.evaluate import evaluate_suites
 
-    trainer = config.trainer
     pool, _ = actors.for_run(config)  # the engines hold the model files' weights until a run changes them
-    metrics: dict[str, float] = {}
-    for name in trainer.eval_suites:
-        suite = build_suite(name, config.env, config.rollout.format,
-                            limit=trainer.eval_tasks if name == "id" else trainer.ood_eval_tasks)
-        rows = evaluate(pool, suite.tasks, chunk=len(suite.tasks), on_progress=lambda n: None, fmt=suite.format)
-        metrics.update(suite_metrics(suite, rows))
+    metrics = evaluate_suites(pool, eval_suites(config))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics

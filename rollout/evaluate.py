@@ -20,7 +20,7 @@ from itertools import zip_longest
 
 from rollout.config import EnvConfig
 from rollout.envs import Task, load_tasks
-from rollout.worker import RolloutPool
+from rollout.worker import RolloutPool, Trajectory, group_requests
 
 SUITES = ("id", "format_ood", "content_ood")
 OOD_FORMAT = {"hermes": "python", "python": "hermes", "json": "python"}  # trained syntax → tested one
@@ -75,37 +75,56 @@ def build_suite(name: str, env: EnvConfig, trained_format: str, limit: int | Non
     return Suite(name, env.name, split, syntax, tasks)
 
 
+def episode_row(trajectory: Trajectory, task: Task) -> dict:
+    """One evaluated episode as a JSON-able row."""
+    from rollout.structure import structure_shares
+
+    result = trajectory.result
+    return {
+        "id": task.id,
+        "category": task.category,
+        "format": trajectory.format,
+        "success": result.success,
+        "reward": trajectory.reward,
+        "turns_passed": result.turns_passed,
+        "turns": result.turns,
+        "first_failed_turn": result.first_failed_turn,
+        "failure": result.failure,
+        "parse_errors": trajectory.parse_errors,
+        "truncated": trajectory.truncated,
+        "generated_tokens": sum(trajectory.loss_mask),
+        "assistant_messages": sum(m["role"] == "assistant" for m in trajectory.messages),
+        "structure": structure_shares([trajectory]),
+        "messages": trajectory.messages,
+    }
+
+
 def evaluate(pool: RolloutPool, tasks: list[Task], chunk: int, on_progress: Callable[[int], None],
              fmt: str | None = None) -> list[dict]:
     """One greedy episode per task (in syntax ``fmt``, default the pool's), in chunks so progress shows;
-    returns one JSON-able row per task."""
-    from rollout.structure import structure_shares
-
+    returns one row per task."""
     rows = []
     for start in range(0, len(tasks), chunk):
         batch = tasks[start : start + chunk]
         by_id = {t.id: t for t in batch}
-        for trajectory in pool.generate(batch, group_size=1, seed=0, temperature=0.0, tag="eval", fmt=fmt):
-            result, task = trajectory.result, by_id[trajectory.task_id]
-            rows.append({
-                "id": task.id,
-                "category": task.category,
-                "format": trajectory.format,
-                "success": result.success,
-                "reward": trajectory.reward,
-                "turns_passed": result.turns_passed,
-                "turns": result.turns,
-                "first_failed_turn": result.first_failed_turn,
-                "failure": result.failure,
-                "parse_errors": trajectory.parse_errors,
-                "truncated": trajectory.truncated,
-                "generated_tokens": sum(trajectory.loss_mask),
-                "assistant_messages": sum(m["role"] == "assistant" for m in trajectory.messages),
-                "structure": structure_shares([trajectory]),
-                "messages": trajectory.messages,
-            })
+        trajectories = pool.generate(batch, group_size=1, seed=0, temperature=0.0, tag="eval", fmt=fmt)
+        rows += [episode_row(trajectory, by_id[trajectory.task_id]) for trajectory in trajectories]
         on_progress(len(batch))
     return rows
+
+
+def evaluate_suites(pool: RolloutPool, suites: list[Suite]) -> dict[str, float]:
+    """Greedy eval of every suite in one batch, so that the long tails of their episodes overlap (one
+    batch per suite waits for each suite's slowest episode in turn): each suite's ``suite_metrics``."""
+    groups = [group for suite in suites
+              for group in group_requests(suite.tasks, 1, seed=0, tag=f"eval-{suite.name}:", fmt=suite.format)]
+    trajectories = pool.run_groups(groups, temperature=0.0)
+    metrics: dict[str, float] = {}
+    for suite in suites:
+        by_id = {t.id: t for t in suite.tasks}
+        rows = [episode_row(t, by_id[t.task_id]) for t in trajectories if t.group_id.startswith(f"eval-{suite.name}:")]
+        metrics.update(suite_metrics(suite, rows))
+    return metrics
 
 
 def _structure_mix(rows: list[dict]) -> dict[str, float]:
