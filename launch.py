@@ -186,17 +186,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with _progress(transient=False) as progress:
         bar = progress.add_task(f"sweep {args.preset}", total=None)
 
-        def on_run(index: int, total: int, run, state: str) -> None:
+        def on_run(index: int, total: int, run, state: str) -> None:  # runs may start out of order (--parallel)
             progress.console.print(f"{run.configuration} seed {run.seed}: {state} ({run.run_dir})", highlight=False)
-            progress.update(bar, total=total, completed=index + (state == "finished"),
-                            description=f"sweep: {run.configuration} seed {run.seed}")
+            progress.update(bar, total=total, description=f"sweep: {run.configuration} seed {run.seed}")
+            if state == "finished":
+                progress.advance(bar)
 
         def on_step(run, metrics: dict) -> None:
             progress.console.print(f"  {run.configuration} seed {run.seed} {_step_line(metrics)}", highlight=False)
             if metrics["step"] == run.config.trainer.total_steps:
                 progress.advance(bar)
 
-        rows = run_sweep(args.preset, out, args.seeds, args.quick, on_run, on_step)
+        rows = run_sweep(args.preset, out, args.seeds, args.quick, on_run, on_step, args.parallel)
     table = _table(f"sweep {args.preset}{' (quick)' if args.quick else ''}: final greedy eval, mean ± std over seeds",
                    COLUMNS)
     for row in rows:
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=positive_int, help="seeds per configuration (default: the preset's)")
     sweep.add_argument("--quick", action="store_true", help="the preset's tiny variant (a few steps on a random policy)")
     sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<preset>[-quick])")
+    sweep.add_argument("--parallel", type=positive_int,
+                       help="runs trained at once, each on its own engines and learners (default: the preset's)")
     sweep.set_defaults(run=cmd_sweep)
 
     boot = commands.add_parser("bootstrap", help="train the embedded default policy by SFT on expert dialogs")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start (or join) Ray. The embedded default listens on 127.0.0.1 only, dashboard included."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, min_cpus: float = 0) -> None:
+    """Start (or join) Ray. The embedded default listens on 127.0.0.1 only, dashboard included, with
+    ``num_cpus`` logical CPUs (default: twice the cores, at least 4 and at least ``min_cpus``)."""
     import ray
 
     if ray.is_initialized():
@@ -19,7 +21,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     # Two cores run a learner and several engines: oversubscribe logical CPUs so fractional actors fit.
     ray.init(
-        num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1)),
+        num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1), math.ceil(min_cpus)),
         _node_ip_address="127.0.0.1",
         dashboard_host="127.0.0.1",
         include_dashboard=False,

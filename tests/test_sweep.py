@@ -133,6 +133,7 @@ def test_quick_sweep_completes_and_a_second_invocation_redoes_nothing(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "rl seed 0: new" in first.stdout and "sft_then_rl seed 0: new" in first.stdout
     table = (out / "comparison.md").read_text()
+    assert table.startswith("# sweep paper-tiny (quick): 2 runs, 2 at a time")  # the preset's parallel: 2
     assert [line.split("|")[1].strip() for line in table.splitlines()[4:]] == ["start (no training)", "rl", "sft_then_rl"]
     report = json.loads((out / "comparison.json").read_text())
     assert [(r["configuration"], r["seed"]) for r in report["runs"]] == [("rl", 0), ("sft_then_rl", 0)]
