@@ -110,33 +110,26 @@ def _comparable(run_dir) -> list[dict]:
 def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(ray_local, tiny_model_dir, tmp_path):
     """launch.py sweep trains consecutive runs on the same engines and learners: a run after another one
     (other lr, SFT steps, so other weights and optimizer state) logs exactly what it logs alone."""
-    import ray
-
     from cluster.scheduler import Scheduler
-    from cluster.sweep import Actors
+    from cluster.sweep import actor_key
 
-    def run(run_dir, actors: Actors | None, *extra: str) -> None:
+    def run(run_dir, actors: Scheduler | None, *extra: str) -> Scheduler:
         config = _config(tiny_model_dir, run_dir, "trainer.total_steps=2", "trainer.eval_every=2", *extra)
-        scheduler = Scheduler(config, *(actors.for_run(config) if actors else ()))
+        scheduler = Scheduler(config, *((actors.pool, actors.learners) if actors else ()))
         for _ in range(2):
             scheduler.train_step()
         scheduler.close()
-        if actors is None:
-            for actor in [*scheduler.pool.workers, *scheduler.learners.ranks]:
-                ray.kill(actor)
+        return scheduler
 
-    run(tmp_path / "alone", None)
-    actors = Actors()
-    run(tmp_path / "before", actors, "learner.lr=1e-2", "supervision.mode=interleaved",
-        "supervision.signals=[erroneous]", "supervision.interleaved.rl_steps=1", "supervision.interleaved.sft_steps=1",
-        "supervision.interleaved.sft_batch_size=4")
-    pool = actors.pool
-    run(tmp_path / "after", actors)
-    assert actors.pool is pool  # the same engines, not new ones
-    actors.close()
-    alone = _comparable(tmp_path / "alone")
-    assert _comparable(tmp_path / "after") == alone
-    assert _comparable(tmp_path / "before")[0]["lr"] != alone[0]["lr"] and "eval/success" in alone[1]
+    alone = run(tmp_path / "alone", None)  # its own actors, then two more runs on them
+    before = ("learner.lr=1e-2", "supervision.mode=interleaved", "supervision.signals=[erroneous]",
+              "supervision.interleaved.rl_steps=1", "supervision.interleaved.sft_steps=1",
+              "supervision.interleaved.sft_batch_size=4")
+    assert actor_key(alone.config) == actor_key(run(tmp_path / "before", alone, *before).config)
+    run(tmp_path / "after", alone)
+    logged = _comparable(tmp_path / "alone")
+    assert _comparable(tmp_path / "after") == logged
+    assert _comparable(tmp_path / "before")[0]["lr"] != logged[0]["lr"] and "eval/success" in logged[1]
 
 
 @pytest.mark.slow
