@@ -159,13 +159,11 @@ class Scheduler:
         self.eval_suites = eval_suites(config)
         self.pool = pool if pool is not None else RolloutPool(self.model_path, config.rollout, config.env.reward,
                                                                seed=trainer.seed)
-        minis = -(-trainer.tasks_per_step // config.learner.mini_batch_tasks) if config.learner.mini_batch_tasks else 1
-        optimizer_steps = trainer.total_steps * config.learner.ppo_epochs * minis
         if learners is None:
-            self.learners = LearnerGroup(self.model_path, config.learner, optimizer_steps, seed=trainer.seed)
+            self.learners = LearnerGroup(self.model_path, config.learner, seed=trainer.seed)
         else:
             self.learners = learners
-            learners.start(config.learner, optimizer_steps, trainer.seed)
+            learners.start(config.learner, trainer.seed)
         self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.sampler.tasks, self.run_dir)
         self.alarm = Alarm(config.supervision.alarm)
         self.adaptive = AdaptiveState()  # mode adaptive: SFT steps owed after an alarm, RL lr factor
@@ -247,23 +245,26 @@ class Scheduler:
 
     def _update(self, kind: str, batch, sft) -> dict[str, float]:
         """The learner call this step's kind asks for; {} when there is nothing to train on."""
-        group_size, sup, factor = self.config.rollout.group_size, self.config.supervision, self.adaptive.lr_factor
+        group_size, sup = self.config.rollout.group_size, self.config.supervision
+        scale = self.config.learner.lr_scale(self.step, self.config.trainer.total_steps)
+        rl_scale = scale * self.adaptive.lr_factor
         if kind == "rl":
-            return self.learners.rl_update(batch, group_size, factor) if len(batch) else {}
+            return self.learners.rl_update(batch, group_size, rl_scale) if len(batch) else {}
         if not len(sft):  # e.g. an SFT phase before any failure was collected
-            return self.learners.rl_update(batch, group_size, factor) if kind == "combined" and len(batch) else {}
+            return self.learners.rl_update(batch, group_size, rl_scale) if kind == "combined" and len(batch) else {}
         if kind == "combined":
-            return self.learners.combined_update(batch, sft, sup.sync.sft_weight, group_size)
+            return self.learners.combined_update(batch, sft, sup.sync.sft_weight, group_size, scale)
         lr = sup.interleaved.sft_lr if sup.mode == "interleaved" else None
         epochs = sup.interleaved.sft_epochs if sup.mode == "interleaved" else 1
-        metrics = [self.learners.sft_update(sft, lr) for _ in range(epochs)]
+        metrics = [self.learners.sft_update(sft, lr, scale) for _ in range(epochs)]
         return metrics[-1]
 
     def _probe_batch(self, trajectories: list[Trajectory]) -> SequenceBatch:
         """PROBE_SEQUENCES of the step's samples, every group's first one first. The probe's forward pass
         is not cheaper for keeping the output layer to the scored positions (measured: 10 %); its cost is
         its number of sequences (8 a step: 7.3 % of the paper-tiny sweep's step time)."""
-        batch = rl_batch(trajectories, self.config.learner.scale_advantages_by_std)
+        batch = rl_batch(trajectories, self.config.learner.scale_advantages_by_std,
+                         temperature=self.config.rollout.temperature)
         order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].sample_index)
         return batch.select(order[:PROBE_SEQUENCES])
 

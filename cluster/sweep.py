@@ -201,7 +201,7 @@ class Actors:
             trainer = config.trainer
             model = str(default_policy() if trainer.model == "default" else trainer.model)
             self.pool = RolloutPool(model, config.rollout, config.env.reward, seed=trainer.seed)
-            self.learners = LearnerGroup(model, config.learner, 1, seed=trainer.seed)
+            self.learners = LearnerGroup(model, config.learner, seed=trainer.seed)
             self.key = actor_key(config)
         return self.pool, self.learners
 

@@ -21,6 +21,9 @@ class SequenceBatch:
     origins: list[str] = field(default_factory=list)
     shaped_gamma: float | None = None  # set: "expert" sequences use LUFFY's π/(π+γ) objective with this γ
     hint_importance_cap: float | None = None  # set: "hint" tokens weighted by min(π/π_sampled, cap)
+    # RL losses score tokens under the distribution they were drawn from, π_T (logits / T), as the engine
+    # reports them; SFT batches keep 1.0
+    temperature: float = 1.0
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -34,7 +37,7 @@ class SequenceBatch:
 
         return SequenceBatch(pick(self.token_ids), pick(self.loss_mask), pick(self.advantages),
                              pick(self.sampling_logprobs), pick(self.origins), self.shaped_gamma,
-                             self.hint_importance_cap)
+                             self.hint_importance_cap, self.temperature)
 
     def tokens(self) -> int:
         return sum(sum(mask) for mask in self.loss_mask)
@@ -77,8 +80,8 @@ def dialog_sequence(messages: list[dict], tokenizer, train_from: int = 0) -> tup
 
 
 def rl_batch(trajectories: list, scale_by_std: bool = True, skip_flat_groups: bool = False,
-             origins: list[str] | None = None) -> SequenceBatch:
-    """Trajectories (in group order) → sequences with GRPO advantages from their rewards.
+             origins: list[str] | None = None, temperature: float = 1.0) -> SequenceBatch:
+    """Trajectories (in group order), sampled at ``temperature`` → sequences with GRPO advantages.
 
     ``skip_flat_groups`` leaves out whole groups whose rewards are all equal (their advantages are 0).
     ``origins`` (one per trajectory, see ``SequenceBatch.origins``) default to all "policy".
@@ -95,4 +98,4 @@ def rl_batch(trajectories: list, scale_by_std: bool = True, skip_flat_groups: bo
     keep = [i for i, t in enumerate(trajectories) if not (skip_flat_groups and len(rewards[t.group_id]) == 1)]
     return SequenceBatch([trajectories[i].token_ids for i in keep], [trajectories[i].loss_mask for i in keep],
                          [advantages[i] for i in keep], [trajectories[i].logprobs for i in keep],
-                         [origins[i] for i in keep] if origins else [])
+                         [origins[i] for i in keep] if origins else [], temperature=temperature)

@@ -88,7 +88,7 @@ def greedy_successes(model_dir: Path, limit: int) -> list[bool]:
     from rollout.worker import RolloutWorker, group_requests
 
     tasks = load_tasks("synth", "test", seed=0, limit=limit)
-    worker = RolloutWorker(str(model_dir), RolloutConfig(temperature=0.0), RewardConfig())
+    worker = RolloutWorker(str(model_dir), RolloutConfig(), RewardConfig())
     requests = [r for group in group_requests(tasks, 1, seed=0, tag="eval") for r in group]
     return [t.result.success for t in worker.run(requests, temperature=0.0)]
 

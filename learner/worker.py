@@ -52,10 +52,8 @@ def free_port() -> int:
 class Learner:
     """One rank. Used as a Ray actor through ``LearnerGroup`` (or in-process with world_size 1)."""
 
-    def __init__(self, model_path: str, config: LearnerConfig, rank: int = 0, world_size: int = 1,
-                 total_optimizer_steps: int = 1, seed: int = 0):
-        self.model_path, self.config, self.rank, self.world_size = model_path, config, rank, world_size
-        self.total_optimizer_steps, self.seed = max(total_optimizer_steps, 1), seed
+    def __init__(self, model_path: str, config: LearnerConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.model_path, self.config, self.rank, self.world_size, self.seed = model_path, config, rank, world_size, seed
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world_size))
 
     def endpoint(self) -> tuple[str, int]:
@@ -71,13 +69,13 @@ class Learner:
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         dist.init_process_group("nccl" if on_gpu else "gloo", rank=self.rank, world_size=self.world_size)
-        self.start(self.config, self.total_optimizer_steps, self.seed)
+        self.start(self.config, self.seed)
 
-    def start(self, config: LearnerConfig, total_optimizer_steps: int, seed: int) -> None:
+    def start(self, config: LearnerConfig, seed: int) -> None:
         """A run from the model files: load and shard the policy (and the frozen reference for KL), a fresh
         optimizer. ``launch.py sweep`` calls it again to train its next run on the same actors; the process
         group, device and thread count stay (``cluster.sweep.actor_key`` says when that is allowed)."""
-        self.config, self.total_optimizer_steps, self.seed = config, max(total_optimizer_steps, 1), seed
+        self.config, self.seed = config, seed
         torch.manual_seed(seed)
         model, self.tokenizer = load_policy(self.model_path, "float32", config.attn_implementation)
         self.control_tokens = ControlTokens.from_tokenizer(self.tokenizer)
@@ -87,8 +85,8 @@ class Learner:
             reference, _ = load_policy(self.model_path, "float32", config.attn_implementation)
             self.reference = _shard(reference.to(self.device).eval().requires_grad_(False))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
-                                           weight_decay=config.weight_decay)
-        self.optimizer_step = 0
+                                           eps=config.adam_eps, weight_decay=config.weight_decay)
+        self.optimizer_step = 0  # updates applied (a skipped non-finite step is not one): warmup counts these
         self.skipped_steps = 0
 
     # ---- data layout ------------------------------------------------------------------------------------
@@ -120,12 +118,15 @@ class Learner:
             ids, attention, mask = (t.to(self.device) for t in part.padded(self.tokenizer.pad_token_id))
             yield part, ids, attention, mask
 
-    def _logits(self, model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+    def _logits(self, model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor,
+                temperature: float = 1.0) -> torch.Tensor:
+        """Logits of the distribution the batch's tokens were sampled from: π_T has logits / T."""
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        return logits / temperature if temperature != 1.0 else logits
 
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, batch: SequenceBatch) -> list[torch.Tensor]:
-        return [sequence_logprobs(self._logits(model, ids, attention), ids)
+        return [sequence_logprobs(self._logits(model, ids, attention, batch.temperature), ids)
                 for _, ids, attention, _ in self._micro_batches(batch)]
 
     def _denominator(self, batch: SequenceBatch) -> float:
@@ -133,12 +134,9 @@ class Learner:
         return max(count, 1) / self.world_size  # FSDP divides the summed gradients by world_size again
 
     def _lr(self, peak: float) -> float:
-        step, warmup = self.optimizer_step, self.config.warmup_steps
-        scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
-        if self.config.lr_schedule == "cosine" and step >= warmup:
-            progress = (step - warmup) / max(1, self.total_optimizer_steps - 1 - warmup)
-            scale *= 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return peak * scale
+        """Linear warmup over the first updates actually applied; the caller's ``lr_scale`` does the rest."""
+        warmup = self.config.warmup_steps
+        return peak * (min(1.0, (self.optimizer_step + 1) / warmup) if warmup else 1.0)
 
     # ---- one optimizer step -----------------------------------------------------------------------------
     def _optimizer_step(self, rl: tuple[SequenceBatch, list, list] | None, sft: SequenceBatch | None,
@@ -162,7 +160,7 @@ class Learner:
         if rl is not None:
             batch, old_logprobs, ref_logprobs = rl
             for index, (part, ids, attention, mask) in enumerate(self._micro_batches(batch)):
-                logits = self._logits(self.model, ids, attention)
+                logits = self._logits(self.model, ids, attention, batch.temperature)
                 logprobs = sequence_logprobs(logits, ids)
                 advantages = torch.tensor(part.advantages, device=self.device)
                 shaped, weights = self._off_policy_terms(part, old_logprobs[index])
@@ -196,10 +194,10 @@ class Learner:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
+            self.optimizer_step += 1
         else:
             self.skipped_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
-        self.optimizer_step += 1
         totals = torch.tensor(list(losses.values()), dtype=torch.float64, device=self.device)
         dist.all_reduce(totals)  # each rank's share was scaled by world_size (see _denominator)
         losses = {key: float(total) / self.world_size for key, total in zip(losses, totals.cpu())}
@@ -258,11 +256,12 @@ class Learner:
         return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]} if metrics else {}
 
     # ---- public API -------------------------------------------------------------------------------------
-    def rl_update(self, batch: SequenceBatch, group_size: int, lr_factor: float = 1.0) -> dict[str, float]:
-        """GRPO steps over ``batch`` at ``lr_factor`` × learner.lr (mode adaptive lowers it after alarms)."""
+    def rl_update(self, batch: SequenceBatch, group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
+        """GRPO steps over ``batch`` at ``lr_scale`` × learner.lr (the run's schedule; mode adaptive lowers it
+        after alarms)."""
         prepared, differences = self._rl_parts(batch, group_size)
         control: list = []  # control-token values of every micro-batch of the step
-        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr * lr_factor, (denominator, 1.0), control)
+        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr * lr_scale, (denominator, 1.0), control)
                    for _ in range(self.config.ppo_epochs) for rl, denominator in prepared]
         return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
 
@@ -273,27 +272,27 @@ class Learner:
         For steps whose samples no update saw: when every group is flat (after a collapse, every step),
         nothing trains, yet the control tokens are what should be watched then.
         """
-        control = [control_values(self._logits(self.model, ids, attention), ids, mask,
+        control = [control_values(self._logits(self.model, ids, attention, batch.temperature), ids, mask,
                                   torch.tensor(part.advantages, device=self.device), self.control_tokens)
                    for part, ids, attention, mask in self._micro_batches(self._local(batch))]
         return self._control_metrics(control)
 
-    def sft_update(self, batch: SequenceBatch, lr: float | None = None) -> dict[str, float]:
-        """SFT steps over ``batch`` at ``lr`` (default: learner.sft_lr, else learner.lr)."""
+    def sft_update(self, batch: SequenceBatch, lr: float | None = None, lr_scale: float = 1.0) -> dict[str, float]:
+        """SFT steps over ``batch`` at ``lr_scale`` × ``lr`` (default: learner.sft_lr, else learner.lr)."""
+        peak = (lr or self.config.sft_lr or self.config.lr) * lr_scale
         metrics = []
         for mini in self._mini_batches(batch, self.config.sft_mini_batch_size):
-            metrics.append(self._optimizer_step(None, self._local(mini), 1.0, lr or self.config.sft_lr or self.config.lr,
-                                                (1.0, self._denominator(mini))))
+            metrics.append(self._optimizer_step(None, self._local(mini), 1.0, peak, (1.0, self._denominator(mini))))
         return self._mean(metrics)
 
     def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
-                        group_size: int) -> dict[str, float]:
+                        group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
         """Optimizer steps on ``L_rl + sft_weight · L_sft``: the SFT batch is split across the RL mini-batches."""
         prepared, differences = self._rl_parts(rl_batch, group_size)
         if not prepared:  # no group carried an RL signal: the λ-weighted SFT term alone
             prepared = [(None, 1.0)]
         sft_parts, control = _split_even(sft_batch, len(prepared)), []
-        metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr,
+        metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr * lr_scale,
                                         (denominator, self._denominator(sft)), control)
                    for _ in range(self.config.ppo_epochs) for (rl, denominator), sft in zip(prepared, sft_parts)]
         return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
@@ -363,11 +362,11 @@ def _split_even(batch: SequenceBatch, parts: int) -> list[SequenceBatch]:
 class LearnerGroup:
     """``world_size`` Learner actors driven in lockstep; each call returns rank 0's answer."""
 
-    def __init__(self, model_path: str, config: LearnerConfig, total_optimizer_steps: int, seed: int = 0):
+    def __init__(self, model_path: str, config: LearnerConfig, seed: int = 0):
         import ray
 
         actor = ray.remote(num_cpus=config.cpus_per_rank, num_gpus=config.gpus_per_rank)(Learner)
-        self.ranks = [actor.remote(str(model_path), config, rank, config.world_size, total_optimizer_steps, seed)
+        self.ranks = [actor.remote(str(model_path), config, rank, config.world_size, seed)
                       for rank in range(config.world_size)]
         address, port = ray.get(self.ranks[0].endpoint.remote())
         ray.get([rank.connect.remote(address, port) for rank in self.ranks])
@@ -378,21 +377,21 @@ class LearnerGroup:
         shared = [ray.put(a) if isinstance(a, SequenceBatch) else a for a in args]  # one copy for all ranks
         return ray.get([getattr(rank, method).remote(*shared) for rank in self.ranks])[0]
 
-    def start(self, config: LearnerConfig, total_optimizer_steps: int, seed: int) -> None:
-        self._call("start", config, total_optimizer_steps, seed)
+    def start(self, config: LearnerConfig, seed: int) -> None:
+        self._call("start", config, seed)
 
-    def rl_update(self, batch: SequenceBatch, group_size: int, lr_factor: float = 1.0) -> dict[str, float]:
-        return self._call("rl_update", batch, group_size, lr_factor)
+    def rl_update(self, batch: SequenceBatch, group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
+        return self._call("rl_update", batch, group_size, lr_scale)
 
     def control_probe(self, batch: SequenceBatch) -> dict[str, float]:
         return self._call("control_probe", batch)
 
-    def sft_update(self, batch: SequenceBatch, lr: float | None = None) -> dict[str, float]:
-        return self._call("sft_update", batch, lr)
+    def sft_update(self, batch: SequenceBatch, lr: float | None = None, lr_scale: float = 1.0) -> dict[str, float]:
+        return self._call("sft_update", batch, lr, lr_scale)
 
     def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
-                        group_size: int) -> dict[str, float]:
-        return self._call("combined_update", rl_batch, sft_batch, sft_weight, group_size)
+                        group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
+        return self._call("combined_update", rl_batch, sft_batch, sft_weight, group_size, lr_scale)
 
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
         return self._call("logprobs", batch)

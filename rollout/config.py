@@ -60,8 +60,15 @@ class RolloutConfig(BaseModel):
     worker_gpus: float = Field(
         0.0, ge=0, description="Ray GPUs per RolloutWorker (0 on CPU; 0.5 shares a GPU with a learner rank)."
     )
-    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy, used by eval).")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    temperature: float = Field(
+        1.0, gt=0.0, description="Sampling temperature of training rollouts (evals are greedy). The learner "
+        "scores tokens at the same temperature (logits / T), so the PPO ratio compares like with like.",
+    )
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, description="Nucleus sampling mass. Below 1 the samples come from a truncated "
+        "distribution that the learner does not reproduce (it scores the full π_T, as verl and OpenRLHF do): "
+        "rollout_logprob_diff then shows the gap.",
+    )
     max_new_tokens: int = Field(192, ge=1, description="Token limit of one assistant message.")
     max_steps_per_turn: int = Field(
         6, ge=1, description="Assistant messages allowed in one user turn before the turn is closed."

@@ -19,7 +19,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 @dataclass
 class Generation:
     token_ids: list[int]
-    logprobs: list[float]  # of each sampled token under the sampling distribution's policy
+    logprobs: list[float]  # of each sampled token under the distribution it was drawn from (temperature, top_p)
     finish_reason: str  # "stop" (a stop token, included in token_ids) or "length"
 
 
@@ -35,9 +35,12 @@ class Engine:
         extra = {"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {}
         # No chunked prefill: vLLM discards the sample of a partly prefilled request by rewinding its
         # seeded generator, which CPU generators cannot do ("CPU Generator does not use offset").
+        # processed_logprobs: logprobs after temperature and top_p, i.e. of the distribution sampled from
+        # (vLLM's default, raw_logprobs, reports the untempered model whatever the temperature).
         self.llm = LLM(model=str(model_path), dtype=dtype, enforce_eager=not on_gpu, max_model_len=max_model_len,
                        seed=seed, skip_tokenizer_init=True, enable_chunked_prefill=False,
-                       max_num_batched_tokens=max(max_model_len, 8192), **extra)
+                       max_num_batched_tokens=max(max_model_len, 8192), logprobs_mode="processed_logprobs",
+                       **extra)
         torch.set_num_threads = set_num_threads
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int, stop_token_ids: list[int],

@@ -78,7 +78,8 @@ class Supervisor:
                                                               self.config.env.reward)
                     origins[i] = "expert"
         learner = self.config.learner
-        batch = rl_batch(trajectories, learner.scale_advantages_by_std, learner.skip_flat_groups, origins)
+        batch = rl_batch(trajectories, learner.scale_advantages_by_std, learner.skip_flat_groups, origins,
+                         self.config.rollout.temperature)
         if self.sup.off_policy.loss == "shaped":
             batch.shaped_gamma = self.sup.off_policy.gamma
         batch.hint_importance_cap = self.sup.hint.importance_max

@@ -219,7 +219,7 @@ def test_two_ranks_report_the_control_tokens_of_one(tiny_model_dir):
     config = LearnerConfig(lr=1e-4, micro_batch_size=1, mini_batch_tasks=0, threads=1)
     results = {}
     for world in (1, 2):
-        group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), 10, seed=0)
+        group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), seed=0)
         metrics = group.rl_update(batch, group_size=3)
         results[world] = {k: v for k, v in metrics.items() if k.startswith("control")}
         for rank in group.ranks:

@@ -44,3 +44,30 @@ def test_weight_update_in_place_matches_transformers(tiny_model_dir):
     engine.update_weights(state)
     after = (torch.tensor(engine.prompt_logprobs(ids)) - hf_logprobs(model, ids)).abs().max().item()
     assert after <= 1e-3, (before, stale, after)
+
+
+def test_learner_scores_tokens_at_the_sampling_temperature(ray_local):
+    """Engine samples at T = 0.7; the learner's old logprobs (logits / T) match them in fp32, and a learner
+    that scored at T = 1 would not (the check the weight-sync metric relies on). The learner is a Ray actor:
+    the in-process engine owns this process's torch.distributed group."""
+    from learner.batch import SequenceBatch
+    from learner.config import LearnerConfig
+    from learner.models import default_policy, load_tokenizer
+    from learner.worker import LearnerGroup
+
+    policy = str(default_policy())
+    tokenizer = load_tokenizer(policy)
+    engine = Engine(policy, max_model_len=1024)
+    learners = LearnerGroup(policy, LearnerConfig(lr=1e-30, threads=1, cpus_per_rank=0.5))  # weights stay put
+    prompts = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                              add_generation_prompt=True), add_special_tokens=False)
+               for text in ("Start the car.", "Add NVDA to my watchlist.")]
+    samples = engine.generate(prompts, max_tokens=24, stop_token_ids=[tokenizer.eos_token_id], temperature=0.7,
+                              seeds=[1, 2])
+    batch = SequenceBatch([p + s.token_ids for p, s in zip(prompts, samples)],
+                          [[0] * len(p) + [1] * len(s.token_ids) for p, s in zip(prompts, samples)],
+                          [1.0, -1.0], [[0.0] * len(p) + s.logprobs for p, s in zip(prompts, samples)],
+                          temperature=0.7)
+    assert learners.rl_update(batch, group_size=2)["rollout_logprob_diff"] <= 1e-5
+    batch.temperature = 1.0
+    assert learners.rl_update(batch, group_size=2)["rollout_logprob_diff"] > 1e-2

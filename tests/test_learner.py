@@ -112,14 +112,16 @@ def test_hint_rows_are_importance_weighted_and_expert_rows_skip_the_sync_check(t
         dist.destroy_process_group()
 
 
-def test_warmup_and_cosine_schedule(tiny_model_dir):
-    config = LearnerConfig(lr=1.0, warmup_steps=2, lr_schedule="cosine")
-    learner = Learner(tiny_model_dir, config, total_optimizer_steps=6)
-    lrs = []
-    for step in range(6):
-        learner.optimizer_step = step
-        lrs.append(learner._lr(1.0))
-    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.25, 0.0])
+def test_warmup_counts_applied_updates_and_cosine_runs_over_training_steps(learner):
+    learner.config = learner.config.model_copy(update={"warmup_steps": 2})
+    batch = random_batch(len(learner.tokenizer), 2, seed=1)
+    learner.rl_update(SequenceBatch(batch.token_ids, batch.loss_mask, [float("nan"), 1.0]), group_size=2)
+    assert learner.rl_update(batch, group_size=2)["lr"] == pytest.approx(0.5e-3)  # the skipped step did not count
+    assert learner.rl_update(batch, group_size=2, lr_scale=0.5)["lr"] == pytest.approx(0.5e-3)
+    cosine = LearnerConfig(lr_schedule="cosine")
+    assert [cosine.lr_scale(step, 4) for step in (1, 2, 3, 4)] == pytest.approx(
+        [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4)])
+    assert LearnerConfig().lr_scale(4, 4) == 1.0
 
 
 @pytest.mark.slow
@@ -138,7 +140,7 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir):
     sft = random_batch(vocab, 3, seed=4, with_advantages=False)
     results = {}
     for world in (1, 2):
-        group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), 10, seed=0)
+        group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), seed=0)
         metrics = group.rl_update(rl, group_size=3)
         group.sft_update(sft)
         group.combined_update(rl, sft, 0.5, group_size=3)
