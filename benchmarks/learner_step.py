@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from learner.batch import SequenceBatch
-from learner.bootstrap import expert_stream
+from learner.bootstrap import CorpusMix, mixed_stream
 from learner.config import LearnerConfig
 from learner.diagnostics import control_values
 from learner.models import DEFAULT_POLICY, build_default_model
@@ -59,7 +59,7 @@ def diagnostics_share(model_dir: str, sequences: int, repeats: int) -> tuple[flo
     """
     learner = Learner(model_dir, LearnerConfig(lr=1e-5, micro_batch_size=8))
     learner.connect("127.0.0.1", free_port())
-    rng, dialogs = random.Random(0), expert_stream(learner.tokenizer, seed=0)
+    rng, dialogs = random.Random(0), mixed_stream(learner.tokenizer, 0, CorpusMix())
     pairs = [next(dialogs) for _ in range(sequences)]
     batch = SequenceBatch([ids for ids, _ in pairs], [mask for _, mask in pairs],
                           [rng.uniform(-1, 1) for _ in range(sequences)])

@@ -15,6 +15,8 @@ import math
 import os
 import random
 import time
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -22,25 +24,64 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import Qwen2ForCausalLM
 
 from learner.batch import SequenceBatch, dialog_sequence
+from learner.card import measure_card
 from learner.losses import sequence_logprobs, sft_loss
-from learner.models import CARD_NAME, atomic_directory, build_tokenizer, default_corpus, preset_config
-from rollout.config import RewardConfig, RolloutConfig
+from learner.models import (
+    CARD_NAME,
+    atomic_directory,
+    build_tokenizer,
+    default_corpus,
+    load_policy,
+    preset_config,
+)
 from rollout.envs import load_tasks
 from rollout.envs.synth import generate_task
-from rollout.expert import expert_messages
+from rollout.expert import expert_messages, ground_truth_results
 from rollout.formats import get_format
+from rollout.variants import mistaken_calls
 
-EVAL_SAMPLE = 50  # the card's fixed sample: the first 50 tasks of synth/test (seed 0)
+
+@dataclass(frozen=True)
+class CorpusMix:
+    """What the bootstrap dialogs are made of, beside the environment's own expert dialogs.
+
+    The default plays the role of a pretrained model: it has seen every syntax and API class, and it has
+    generic habits (rollout/variants.py) that this environment's checker rejects, at ``mistake_rate``.
+    """
+
+    formats: tuple[tuple[str, float], ...] = (("hermes", 0.7), ("python", 0.15), ("json", 0.15))
+    ood_share: float = 0.15  # dialogs of the held-out templates (the content-OOD suite's kind, other tasks)
+    mistake_rate: float = 0.5  # of the turns a habit applies to, the share played with it
+    first_index: int = 1000  # task indices below this are RL's train split: the bootstrap uses none of them
 
 
-def expert_stream(tokenizer, seed: int, fmt: str = "hermes"):
-    """Expert dialogs of synth train tasks, index after index (the generator never repeats a task)."""
-    form = get_format(fmt, descriptions=False)  # as RolloutConfig.tool_descriptions defaults
-    index = 0
+def _ood_eval_contents(seed: int) -> set[str]:
+    return {json.dumps([t.turns, [[[c.name, c.arguments] for c in turn] for turn in t.ground_truth]], sort_keys=True)
+            for t in load_tasks("synth", "ood_content", seed=seed)}
+
+
+def mixed_stream(tokenizer, seed: int, mix: CorpusMix, counts: Counter | None = None):
+    """Dialogs of synth tasks outside RL's train split and outside the OOD eval tasks, in the mix's syntaxes,
+    some turns played with a habit; ``counts`` tallies formats, splits and habits for the card."""
+    rng, counts = random.Random(seed + 2), counts if counts is not None else Counter()
+    formats = {name: get_format(name, descriptions=False) for name, _ in mix.formats}  # as the rollout default
+    held_out, index = _ood_eval_contents(seed), {"train": mix.first_index, "ood_content": mix.first_index}
     while True:
-        task = generate_task("train", index, seed)
-        yield dialog_sequence(expert_messages(task, form), tokenizer)
-        index += 1
+        split = "ood_content" if rng.random() < mix.ood_share else "train"
+        task = generate_task(split, index[split], seed)
+        index[split] += 1
+        if split == "ood_content" and json.dumps(
+                [task.turns, [[[c.name, c.arguments] for c in turn] for turn in task.ground_truth]],
+                sort_keys=True) in held_out:
+            continue
+        fmt = rng.choices([name for name, _ in mix.formats], weights=[w for _, w in mix.formats])[0]
+        turns = []
+        for calls, results in zip(task.ground_truth, ground_truth_results(task)):
+            mistake = mistaken_calls(calls, results) if rng.random() < mix.mistake_rate else None
+            counts[f"turns/{mistake[0] if mistake else 'expert'}"] += 1
+            turns.append(mistake[1] if mistake else calls)
+        counts[f"dialogs/{split}/{fmt}"] += 1
+        yield dialog_sequence(expert_messages(task, formats[fmt], turns), tokenizer)
 
 
 def copy_values() -> list:
@@ -83,16 +124,6 @@ def length_sorted_batches(stream, batch_size: int, pool: int, rng: random.Random
             yield SequenceBatch([ids for ids, _ in batch], [mask for _, mask in batch])
 
 
-def greedy_successes(model_dir: Path, limit: int) -> list[bool]:
-    """Greedy success on each of the first ``limit`` synth/test tasks, through a RolloutWorker (vLLM)."""
-    from rollout.worker import RolloutWorker, group_requests
-
-    tasks = load_tasks("synth", "test", seed=0, limit=limit)
-    worker = RolloutWorker(str(model_dir), RolloutConfig(), RewardConfig())
-    requests = [r for group in group_requests(tasks, 1, seed=0, tag="eval") for r in group]
-    return [t.result.success for t in worker.run(requests, temperature=0.0)]
-
-
 def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -100,33 +131,45 @@ def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine to 10 % of the peak
 
 
+def _new_model(size: str, seed: int, vocab_size: int):
+    tokenizer = build_tokenizer(default_corpus(300, seed), vocab_size)
+    config = preset_config(size, tokenizer)
+    config.tie_word_embeddings = False
+    return Qwen2ForCausalLM._from_config(config, attn_implementation="eager"), tokenizer
+
+
 def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny", lr: float = 1e-3,
               batch_size: int = 8, copy_batch_size: int = 16, vocab_size: int = 4096, eval_tasks: int = 200,
-              threads: int | None = None) -> Path:
-    """Train the default policy and write it (HF directory + card) atomically to ``out_dir``.
+              threads: int | None = None, init: Path | None = None, mix: CorpusMix = CorpusMix(),
+              warmup: int = 100, snapshots: int = 4) -> Path:
+    """Train the default policy by SFT and write it (HF directory + card) atomically to ``out_dir``.
 
-    The card reports greedy success on the first ``eval_tasks`` synth/test tasks and on the first 50 of
-    them alone (the fixed sample the tests re-measure).
+    ``init``: continue from that model directory (its tokenizer and weights) instead of a new model, e.g. a
+    second stage over the first stage's output. ``snapshots`` intermediate models are kept beside
+    ``out_dir`` (``<out_dir>-snapshots/step_N``) so that a stage can be chosen by its headroom.
     """
     recipe = {"steps": steps, "seed": seed, "size": size, "lr": lr, "batch_size": batch_size,
-              "copy_batch_size": copy_batch_size,
-              "vocab_size": vocab_size, "tied_embeddings": False, "warmup": 100, "betas": [0.9, 0.95],
-              "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "cosine to 10%", "data": "synth train, hermes, no tool descriptions",
+              "copy_batch_size": copy_batch_size, "vocab_size": vocab_size, "tied_embeddings": False,
+              "warmup": warmup, "betas": [0.9, 0.95], "weight_decay": 0.0, "grad_clip": 1.0,
+              "schedule": "cosine to 10%", "init": str(init) if init else None, "mix": asdict(mix),
               "loss": "NLL of assistant tokens (token-mean)"}
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} already exists and is not empty; refusing to overwrite a model")
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(default_corpus(300, seed), vocab_size)
-    config = preset_config(size, tokenizer)
-    config.tie_word_embeddings = False
-    model = Qwen2ForCausalLM._from_config(config, attn_implementation="eager")
+    if init is not None:
+        model, tokenizer = load_policy(init)
+        recipe |= {"size": "from init", "vocab_size": len(tokenizer)}
+    else:
+        model, tokenizer = _new_model(size, seed, vocab_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    batches = length_sorted_batches(expert_stream(tokenizer, seed), batch_size, pool=8, rng=random.Random(seed))
+    counts: Counter = Counter()
+    batches = length_sorted_batches(mixed_stream(tokenizer, seed, mix, counts), batch_size, pool=8,
+                                    rng=random.Random(seed))
     copies = length_sorted_batches(copy_stream(tokenizer, seed), copy_batch_size, pool=1, rng=random.Random(seed))
     started, tokens, losses = time.perf_counter(), 0, []
-    tenth = max(1, steps // 10)
+    tenth, every = max(1, steps // 10), max(1, steps // snapshots) if snapshots else 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
         bar = progress.add_task("bootstrap SFT", total=steps)
@@ -142,7 +185,7 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
                 step_losses.append(loss.item())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             for group in optimizer.param_groups:
-                group["lr"] = _lr(step, steps, lr, warmup=100)
+                group["lr"] = _lr(step, steps, lr, warmup=warmup)
             optimizer.step()
             losses.append(step_losses[0])  # the dialogs' loss (the copy task's is not part of the curve)
             recent = sum(losses[-tenth:]) / len(losses[-tenth:])
@@ -150,23 +193,23 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
             if (step + 1) % tenth == 0:  # also a plain line, for logs that are not a terminal
                 progress.console.print(f"step {step + 1}/{steps}: loss {recent:.4f}, "
                                        f"{(time.perf_counter() - started) / 60:.1f} min", highlight=False)
-    minutes = (time.perf_counter() - started) / 60
-    with atomic_directory(out_dir) as staging:
+            if every and (step + 1) % every == 0 and step + 1 < steps:
+                with atomic_directory(out_dir.with_name(out_dir.name + "-snapshots") / f"step_{step + 1}") as staging:
+                    model.save_pretrained(staging, safe_serialization=True)
+                    tokenizer.save_pretrained(staging)
+    card = {
+        "recipe": recipe,
+        "recipe_hash": hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_minutes": round((time.perf_counter() - started) / 60, 1),
+        "train_tokens": tokens,
+        "corpus": dict(sorted(counts.items())),
+        "loss_curve": [round(sum(losses[i : i + tenth]) / len(losses[i : i + tenth]), 4)
+                       for i in range(0, steps, tenth)],  # mean loss per tenth of training
+    }
+    with atomic_directory(out_dir) as staging:  # the weights are safe before the (long) measurement starts
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        successes = greedy_successes(staging, eval_tasks)
-        sample = successes[:EVAL_SAMPLE]
-        card = {
-            "recipe": recipe,
-            "recipe_hash": hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16],
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "train_minutes": round(minutes, 1),
-            "train_tokens": tokens,
-            "loss_curve": [round(sum(losses[i : i + tenth]) / len(losses[i : i + tenth]), 4)
-                           for i in range(0, steps, tenth)],  # mean loss per tenth of training
-            f"success_synth_test_first{EVAL_SAMPLE}": sum(sample) / len(sample),
-            "success_synth_test": sum(successes[:eval_tasks]) / eval_tasks,
-            "eval_tasks": eval_tasks,
-        }
         (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+    measure_card(out_dir, eval_tasks, ood_tasks=min(eval_tasks, 100))
     return out_dir

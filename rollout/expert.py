@@ -19,11 +19,12 @@ def closing_reply(names: list[str]) -> str:
     return f"Done. I used {listed}."
 
 
-def expert_messages(task: Task, fmt: ToolFormat) -> list[dict]:
-    """Chat messages (system, user, assistant, tool) of the ground truth played through a live episode."""
+def expert_messages(task: Task, fmt: ToolFormat, turn_calls: list[list] | None = None) -> list[dict]:
+    """Chat messages (system, user, assistant, tool) of the ground truth played through a live episode
+    (or of ``turn_calls``, other calls per turn, e.g. a bootstrap dialog's mistakes)."""
     episode = Episode(task)
     messages = [{"role": "system", "content": fmt.render_tools(task.tools)}]
-    for turn, calls in enumerate(task.ground_truth):
+    for turn, calls in enumerate(turn_calls or task.ground_truth):
         user = "\n".join(episode.begin_turn())
         if turn in task.revealed_tools:
             user = fmt.render_tools(task.revealed_tools[turn]) + "\n" + user
@@ -43,3 +44,13 @@ def expert_turn(episode: Episode, calls: list, fmt: ToolFormat) -> list[dict]:
         messages.extend({"role": "tool", "content": result} for result in episode.execute([call]))
     reply = closing_reply([c.name for c in calls]) if calls else NEEDS_MORE
     return [*messages, {"role": "assistant", "content": reply}]
+
+
+def ground_truth_results(task: Task) -> list[list[str]]:
+    """The tool results of each turn's ground-truth calls, played through a live episode."""
+    episode, results = Episode(task), []
+    for calls in task.ground_truth:
+        episode.begin_turn()
+        results.append(episode.execute(calls))
+        episode.end_turn()
+    return results

@@ -6,8 +6,11 @@ import json
 
 import pytest
 
-from learner.bootstrap import EVAL_SAMPLE, bootstrap, greedy_successes
+from learner.bootstrap import bootstrap
+from learner.card import EVAL_SAMPLE, greedy_rate
 from learner.models import CARD_NAME, default_policy, load_policy
+from rollout.config import RewardConfig, RolloutConfig
+from rollout.envs import load_tasks
 
 
 @pytest.mark.slow
@@ -17,7 +20,10 @@ def test_committed_default_loads_and_matches_its_card():
     assert (path / "model.safetensors").stat().st_size <= 20 * 2**20
     model, _ = load_policy(path)  # transformers
     assert sum(p.numel() for p in model.parameters()) == card["parameters"]
-    measured = sum(greedy_successes(path, EVAL_SAMPLE)) / EVAL_SAMPLE  # vLLM, through a RolloutWorker
+    from rollout.worker import RolloutWorker
+
+    worker = RolloutWorker(str(path), RolloutConfig(), RewardConfig())  # vLLM, through a RolloutWorker
+    measured = greedy_rate(worker, load_tasks("synth", "test", seed=0, limit=EVAL_SAMPLE))
     assert abs(measured - card[f"success_synth_test_first{EVAL_SAMPLE}"]) <= 0.10
 
 
@@ -27,7 +33,10 @@ def test_short_bootstrap_writes_a_loadable_model_whose_loss_falls(tmp_path):
     card = json.loads((out / CARD_NAME).read_text())
     assert card["recipe"]["steps"] == 20 and len(card["loss_curve"]) == 10
     assert card["loss_curve"][-1] < card["loss_curve"][0] - 1.0
-    assert card["eval_tasks"] == 4 and 0.0 <= card[f"success_synth_test_first{EVAL_SAMPLE}"] <= 1.0
+    assert card["eval_tasks"] == 4 and set(card["targets"]) >= {"greedy_15_50", "format_ood_10"}
+    assert card["corpus"]["turns/shortcut"] > 0 and card["corpus"]["turns/skip_setup"] > 0  # the habits are in
+    snapshots = sorted(p.name for p in (tmp_path / "policy-snapshots").iterdir())
+    assert snapshots == ["step_10", "step_15", "step_5"]
     model, _ = load_policy(out)
     assert not model.config.tie_word_embeddings
     with pytest.raises(ValueError, match="refusing to overwrite"):
