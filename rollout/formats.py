@@ -26,7 +26,7 @@ class ToolFormat(Protocol):
 
     def render_tools(self, tools: list[dict]) -> str: ...
 
-    def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]: ...
+    def parse(self, text: str) -> list[ToolCall]: ...
 
     def render(self, calls: list[ToolCall]) -> str: ...
 
@@ -61,6 +61,13 @@ def _call_from_object(obj: Any) -> ToolCall:
     if not isinstance(arguments, dict):
         raise FormatError(f"error: \"arguments\" of {name[:80]!r} must be a JSON object")
     return ToolCall(name, arguments)
+
+
+def _json_call(call: ToolCall) -> dict:
+    # JSON calls name every argument: dropping positionals silently would change the call
+    if call.positional:
+        raise ValueError(f"{call.name}: positional arguments have no JSON form; name them first (keyword_call)")
+    return {"name": call.name, "arguments": call.arguments}
 
 
 def _check_length(text: str, limit: int) -> None:
@@ -119,7 +126,7 @@ class HermesFormat(_Format):
             "<args-json-object>}\n</tool_call>"
         )
 
-    def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
+    def parse(self, text: str) -> list[ToolCall]:
         if self._open not in text and self._close not in text:
             return []
         _check_length(text, MAX_CALL_TEXT)
@@ -144,10 +151,7 @@ class HermesFormat(_Format):
         return calls
 
     def render(self, calls: list[ToolCall]) -> str:
-        return "\n".join(
-            f"<tool_call>\n{json.dumps({'name': c.name, 'arguments': c.arguments}, ensure_ascii=False)}\n</tool_call>"
-            for c in calls
-        )
+        return "\n".join(f"<tool_call>\n{json.dumps(_json_call(c), ensure_ascii=False)}\n</tool_call>" for c in calls)
 
 
 class JsonListFormat(_Format):
@@ -158,7 +162,7 @@ class JsonListFormat(_Format):
     def render_tools(self, tools: list[dict]) -> str:
         return _listing(tools, self.descriptions, 'a JSON list: [{"name": <function-name>, "arguments": <args-json-object>}, ...]')
 
-    def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
+    def parse(self, text: str) -> list[ToolCall]:
         body = _strip_fence(text, "json")
         if not body.startswith(("[", "{")):
             return []
@@ -166,7 +170,7 @@ class JsonListFormat(_Format):
         return [_call_from_object(obj) for obj in (decoded if isinstance(decoded, list) else [decoded])]
 
     def render(self, calls: list[ToolCall]) -> str:
-        return json.dumps([{"name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
+        return json.dumps([_json_call(c) for c in calls], ensure_ascii=False)
 
 
 _LITERAL_NODES = (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.UnaryOp, ast.UAdd, ast.USub, ast.Load)
@@ -197,8 +201,9 @@ def _json_like(value: Any, call_name: str) -> Any:
 
 
 def render_call(call: ToolCall) -> str:
-    """One call in Python syntax, ``name(key=value, ...)`` with ``repr`` values (what BFCL's answers use)."""
-    return f"{call.name}({', '.join(f'{k}={v!r}' for k, v in call.arguments.items())})"
+    """One call in Python syntax, ``name(value, ..., key=value, ...)`` with ``repr`` values (what BFCL's answers use)."""
+    arguments = [repr(v) for v in call.positional] + [f"{k}={v!r}" for k, v in call.arguments.items()]
+    return f"{call.name}({', '.join(arguments)})"
 
 
 class PythonFormat(_Format):
@@ -212,7 +217,7 @@ class PythonFormat(_Format):
             tools, self.descriptions, "a Python list of calls with keyword arguments: [func_name1(param=value), func_name2(param=value)]"
         )
 
-    def parse(self, text: str, tools: list[dict] | None = None) -> list[ToolCall]:
+    def parse(self, text: str) -> list[ToolCall]:
         body = _strip_fence(text, "python")
         if not self._looks_like_call.match(body):
             return []
@@ -224,28 +229,23 @@ class PythonFormat(_Format):
         except (MemoryError, RecursionError):
             raise FormatError("error: not a valid call list: nested too deeply") from None
         nodes = tree.elts if isinstance(tree, ast.List) else [tree]
-        specs = {t.get("name"): t for t in tools or [] if isinstance(t, dict)}
-        return [self._call(node, specs) for node in nodes]
+        return [self._call(node) for node in nodes]
 
     @staticmethod
-    def _call(node: ast.AST, specs: dict[str, dict]) -> ToolCall:
+    def _call(node: ast.AST) -> ToolCall:
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
             raise FormatError("error: expected a list of calls like [func(param=value)]")
         name = node.func.id
+        # named when the call is bound to the method (its signature, not the spec, gives the order)
+        positional = tuple(_literal(arg, name) for arg in node.args)
         arguments: dict[str, Any] = {}
-        if node.args:
-            order = list(specs.get(name, {}).get("parameters", {}).get("properties", {}))
-            if len(node.args) > len(order):
-                raise FormatError(f"error: positional arguments need keyword names: {name}(param=value)")
-            for key, arg in zip(order, node.args):
-                arguments[key] = _literal(arg, name)
         for keyword in node.keywords:
             if keyword.arg is None:
                 raise FormatError(f"error: **kwargs is not allowed in {name}()")
             if keyword.arg in arguments:
                 raise FormatError(f"error: argument {keyword.arg!r} given twice in {name}()")
             arguments[keyword.arg] = _literal(keyword.value, name)
-        return ToolCall(name, arguments)
+        return ToolCall(name, arguments, positional)
 
     def render(self, calls: list[ToolCall]) -> str:
         return "[" + ", ".join(render_call(c) for c in calls) + "]"

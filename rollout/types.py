@@ -8,10 +8,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ToolCall:
-    """One parsed tool call: a function name and keyword arguments (JSON-like values only)."""
+    """One parsed tool call: a function name, keyword arguments and, from the python syntax only,
+    positional ones (JSON-like values only). Positionals get their names from the method's signature
+    when the call is bound, as Python binds them: a tool spec's property order need not match it."""
 
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
+    positional: tuple = ()
 
 
 class FormatError(ValueError):

@@ -54,15 +54,16 @@ def test_nested_unicode_arguments_round_trip(fmt):
     assert FORMATS[fmt].parse(FORMATS[fmt].render(calls)) == calls
 
 
-def test_python_positional_arguments_follow_the_schema_order():
-    assert python.parse("[mv('a.txt', destination='b')]", TOOLS) == [
-        ToolCall("mv", {"source": "a.txt", "destination": "b"})
-    ]
+def test_python_positional_arguments_stay_positional_until_bound():
+    # the method's signature names them when the call is bound, not the spec (rollout.envs.base)
+    assert python.parse("[mv('a.txt', destination='b')]") == [ToolCall("mv", {"destination": "b"}, ("a.txt",))]
     assert python.parse("mv(source='a', destination='b')") == [ToolCall("mv", {"source": "a", "destination": "b"})]
-    with pytest.raises(FormatError, match="keyword names"):
-        python.parse("[mv('a.txt')]")
-    with pytest.raises(FormatError, match="given twice"):
-        python.parse("[mv('a', source='b')]", TOOLS)
+    positional = [ToolCall("f", {"k": [1]}, ("x", -2.5, None, {"a": [True]}))]
+    assert python.parse(python.render(positional)) == positional
+    assert python.render(positional) == "[f('x', -2.5, None, {'a': [True]}, k=[1])]"
+    for fmt in (hermes, json_list):
+        with pytest.raises(ValueError, match="positional"):
+            fmt.render(positional)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_python_positional_arguments_follow_the_schema_order():
         ("[f(x=b'a')]", "unsupported literal"),
         ("[f(x={1: 'a'})]", "keys .* must be strings"),
         ("[f(**{'a': 1})]", "kwargs"),
-        ("[f(*[1])]", "keyword names"),
+        ("[f(*[1])]", "must be literals"),
         ("[f(x=y)]", "must be literals"),
         ("[f(x=1, x=2)]", "given twice"),
         ("[1, 2]", "expected a list of calls"),
@@ -196,11 +197,12 @@ confusing_text = st.lists(CONFUSING | st.text(max_size=5), max_size=30).map("".j
 
 def parse_raises_only_format_error(fmt, text):
     try:
-        result = FORMATS[fmt].parse(text, TOOLS)
+        result = FORMATS[fmt].parse(text)
     except FormatError as exc:
         assert str(exc).startswith("error") and "\n" not in str(exc)
     else:
-        assert all(isinstance(c, ToolCall) and isinstance(c.arguments, dict) for c in result)
+        assert all(isinstance(c, ToolCall) and isinstance(c.arguments, dict) and isinstance(c.positional, tuple)
+                   for c in result)
 
 
 def parse_all_formats(text):

@@ -113,19 +113,31 @@ def _integers(value: Any):
             yield from _integers(item)
 
 
-def bind_arguments(call: ToolCall, method: Any) -> inspect.BoundArguments:
-    """The call's arguments bound to ``method``'s signature, defaults filled in and deep-copied.
+def signature(method: Any) -> inspect.Signature:
+    """The signature of a bound API method, read once per function (``inspect.signature`` is slow)."""
+    return _function_signature(method.__func__)
 
-    Raises ValueError (the message is the model's observation) on unknown, missing or out-of-range
+
+@cache
+def _function_signature(function: Any) -> inspect.Signature:
+    full = inspect.signature(function)
+    return full.replace(parameters=list(full.parameters.values())[1:])  # without ``self``
+
+
+def bind_arguments(call: ToolCall, method: Any) -> inspect.BoundArguments:
+    """The call's arguments bound to ``method``'s signature as Python binds them (positionals first, in
+    the signature's order), defaults filled in and deep-copied.
+
+    Raises ValueError (the message is the model's observation) on unknown, missing, surplus or out-of-range
     arguments. Types are left to the method, as in BFCL: its own ground truth sometimes disagrees with
     its schema (a string ``ticket_id`` where the doc says integer). Defaults are copied because some API
     methods have mutable defaults (``post_tweet(tags=[])``) that would otherwise leak across episodes.
     """
     try:
-        bound = inspect.signature(method).bind(**call.arguments)
+        bound = signature(method).bind(*call.positional, **call.arguments)
     except TypeError as exc:
         raise ValueError(f"error: {call.name}: {exc}") from None
-    for key, value in call.arguments.items():
+    for key, value in bound.arguments.items():
         limit = BOUNDED_ARGUMENTS.get(key, MAX_INTEGER)
         too_big = any(abs(number) > limit for number in _integers(value))
         if too_big or (key in BOUNDED_ARGUMENTS and isinstance(value, float) and not abs(value) <= limit):
@@ -133,6 +145,33 @@ def bind_arguments(call: ToolCall, method: Any) -> inspect.BoundArguments:
     bound.apply_defaults()
     bound.arguments = copy.deepcopy(bound.arguments)
     return bound
+
+
+def keyword_call(call: ToolCall, method: Any) -> ToolCall:
+    """``call`` with its positional arguments named by ``method``'s signature, so that records, the JSON
+    syntaxes and supervision see one form; unchanged when they do not bind (dispatch says why)."""
+    if not call.positional:
+        return call
+    try:
+        named = signature(method).bind_partial(*call.positional, **call.arguments).arguments
+    except TypeError:
+        return call
+    return ToolCall(call.name, dict(named))
+
+
+def dispatch(call: ToolCall, method: Any) -> str:
+    """Run one call on a bound API method; bad arguments and the method's own errors are observations."""
+    if not isinstance(call.arguments, dict) or not all(isinstance(k, str) for k in call.arguments):
+        return f"error: {call.name}: arguments must be an object with string keys"
+    try:
+        bound = bind_arguments(call, method)
+    except ValueError as exc:
+        return str(exc)
+    try:
+        # result_text inside: a huge int result fails even to print (Python's int-to-str limit)
+        return result_text(method(*bound.args, **bound.kwargs))
+    except Exception as exc:  # noqa: BLE001 - the API classes raise on bad input: an observation
+        return f"Error during execution: {exc}"
 
 
 class Episode:
@@ -146,14 +185,12 @@ class Episode:
         self._truth_instances = self._load_instances()
         self._methods = public_methods(self.instances)
         self._truth_methods = public_methods(self._truth_instances)
-        # the ground truth may call any of the task's functions, hidden ones included
-        revealed = [spec for specs in task.revealed_tools.values() for spec in specs]
-        self._truth_tools = {spec["name"]: spec for spec in [*task.tools, *revealed]}
         self.visible_tools: dict[str, dict] = {}
         self.turn = -1
         self.turn_checks: list[TurnCheck] = []
         self.format_errors = 0
         self._turn_calls = 0
+        self._turn_refused: list[str] = []
         self._all_results: list[str] = []
 
     def _load_instances(self) -> dict[str, Any]:
@@ -173,6 +210,7 @@ class Episode:
         for spec in self.task.revealed_tools.get(self.turn, []):
             self.visible_tools[spec["name"]] = spec
         self._turn_calls = 0
+        self._turn_refused = []
         return self.task.turns[self.turn]
 
     def act(self, text: str, fmt: Any) -> Step:
@@ -182,50 +220,48 @@ class Episode:
         the reply that ends the user turn).
         """
         try:
-            calls = fmt.parse(text, list(self.visible_tools.values()))
+            calls = fmt.parse(text)
         except FormatError as exc:
             self.format_errors += 1
             return Step(calls=[], observations=[str(exc)], format_error=str(exc))
+        calls = [keyword_call(c, self._methods[c.name]) if c.name in self._methods else c for c in calls]
         return Step(calls=calls, observations=self.execute(calls))
 
     def execute(self, calls: list[ToolCall]) -> list[str]:
         """Run the calls of one assistant step against the model's live instances, in order."""
         if self.turn != len(self.turn_checks):
             raise RuntimeError("execute called outside an open turn")
-        results = [self._dispatch(call, self.visible_tools, self._methods) for call in calls]
+        results = [self._model_call(call) for call in calls]
         self._turn_calls += len(calls)
         self._all_results.extend(results)
         return results
 
-    @staticmethod
-    def _dispatch(call: ToolCall, visible: dict[str, dict], methods: dict[str, Any]) -> str:
-        if not isinstance(call.name, str) or call.name not in visible or call.name not in methods:
-            shown = ", ".join(sorted(visible))
+    def _model_call(self, call: ToolCall) -> str:
+        # BFCL's executor runs any public method of the task's classes whether its doc was shown or not
+        # (visibility decides only what the prompt shows); strict mode refuses a hidden one and fails the
+        # turn for it, so that it never passes a trajectory that BFCL fails
+        name = call.name if isinstance(call.name, str) else None
+        hidden = self.reward.mode == "strict" and name in self._methods and name not in self.visible_tools
+        if hidden:
+            self._turn_refused.append(name)
+        if name not in self._methods or hidden:
+            shown = ", ".join(sorted(self.visible_tools))
             return f"error: unknown function {str(call.name)[:80]!r}; available functions: {shown}"
-        if not isinstance(call.arguments, dict) or not all(isinstance(k, str) for k in call.arguments):
-            return f"error: {call.name}: arguments must be an object with string keys"
-        method = methods[call.name]
-        try:
-            bound = bind_arguments(call, method)
-        except ValueError as exc:
-            return str(exc)
-        try:
-            # result_text inside: a huge int result fails even to print (Python's int-to-str limit)
-            return result_text(method(*bound.args, **bound.kwargs))
-        except Exception as exc:  # noqa: BLE001 - the API classes raise on bad input: an observation
-            return f"Error during execution: {exc}"
+        return dispatch(call, self._methods[name])
 
     def end_turn(self) -> TurnCheck:
         """Close the current turn: advance the ground truth one turn and compare (BFCL's checks)."""
         if self.turn != len(self.turn_checks):
             raise RuntimeError("end_turn called outside an open turn")
         truth_calls = self.task.ground_truth[self.turn]
-        truth_results = [self._dispatch(call, self._truth_tools, self._truth_methods) for call in truth_calls]
+        truth_results = [dispatch(call, self._truth_methods[call.name]) for call in truth_calls]
         check = self._check_turn(truth_calls, truth_results)
         self.turn_checks.append(check)
         return check
 
     def _check_turn(self, truth_calls: list[ToolCall], truth_results: list[str]) -> TurnCheck:
+        if self._turn_refused:
+            return TurnCheck(False, f"hidden function: called {self._turn_refused[0]} before the prompt showed it")
         if not truth_calls:
             if self.reward.mode == "strict" and self._turn_calls:
                 return TurnCheck(False, "irrelevance: called a tool in a turn that needs none")
@@ -267,12 +303,13 @@ class Episode:
 
 def public_methods(instances: dict[str, Any]) -> dict[str, Any]:
     """Tool name -> bound method; a later class wins a name clash, as in BFCL's executor."""
-    return {
-        name: method
-        for instance in instances.values()
-        for name, method in inspect.getmembers(instance, predicate=inspect.ismethod)
-        if not name.startswith("_")
-    }
+    return {name: getattr(instance, name) for instance in instances.values() for name in _public_names(type(instance))}
+
+
+@cache
+def _public_names(cls: type) -> tuple[str, ...]:
+    # inspect.getmembers walks every attribute: once per class, not once per episode
+    return tuple(name for name, _ in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_"))
 
 
 def public_state_differences(model: Any, truth: Any) -> list[str]:

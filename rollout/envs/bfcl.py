@@ -15,7 +15,7 @@ from importlib import resources
 from bfcl_eval.constants.default_prompts import DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC
 from bfcl_eval.constants.executable_backend_config import MULTI_TURN_FUNC_DOC_FILE_MAPPING
 
-from rollout.envs.base import Task
+from rollout.envs.base import Task, api_class, keyword_call, public_methods
 from rollout.formats import get_format
 from rollout.types import FormatError
 
@@ -66,15 +66,29 @@ def scenario_split(seed: int) -> dict[str, set[int]]:
     return {"train": set(indices[: SCENARIOS // 2]), "test": set(indices[SCENARIOS // 2 :])}
 
 
-def _entry_to_task(entry: dict, ground_truth: list[list[str]], category: str) -> Task:
-    tools = [spec for name in entry["involved_classes"] for spec in class_tools(name)]
+@cache
+def class_methods(classes: tuple[str, ...]) -> dict[str, object]:
+    """The public methods of unloaded instances of ``classes``: only their signatures are read."""
+    return public_methods({name: api_class(name)() for name in classes})
+
+
+def _parse_ground_truth(entry: dict, ground_truth: list[list[str]]) -> list[list]:
+    """The answer strings as calls, positional arguments named by the methods' signatures (some answers,
+    ``cd('archives')`` say, pass them positionally), so that every syntax can render them."""
     python = get_format("python")
+    methods = class_methods(tuple(entry["involved_classes"]))
     parsed = []
     for index, calls in enumerate(ground_truth):
         try:
-            parsed.append([c for text in calls for c in python.parse(text, tools)])
+            parsed.append([keyword_call(c, methods[c.name]) for text in calls for c in python.parse(text)])
         except FormatError as exc:
             raise ValueError(f"{entry['id']}: ground truth of turn {index} does not parse: {exc}") from exc
+    return parsed
+
+
+def _entry_to_task(entry: dict, ground_truth: list[list[str]], category: str) -> Task:
+    tools = [spec for name in entry["involved_classes"] for spec in class_tools(name)]
+    parsed = _parse_ground_truth(entry, ground_truth)
     revealed: dict[int, list[dict]] = {}
     for turn, names in entry.get("missed_function", {}).items():
         for spec in tools:
