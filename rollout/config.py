@@ -13,8 +13,9 @@ class RewardConfig(BaseModel):
     mode: Literal["bfcl", "strict"] = Field(
         "bfcl",
         description="bfcl: BFCL's official multi-turn scoring (turns whose ground truth is empty are not "
-        "checked). strict: additionally fail any call made in a turn whose ground truth is empty "
-        "(BFCL's irrelevance rule).",
+        "checked; any public method of the task's classes runs, shown yet or not). strict: additionally fail "
+        "any call made in a turn whose ground truth is empty (BFCL's irrelevance rule) and refuse a function "
+        "not shown yet (miss_func), failing that turn.",
     )
     shaping: Literal["binary", "turn_fraction"] = Field(
         "binary",
