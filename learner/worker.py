@@ -21,7 +21,6 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
-    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import fully_shard
@@ -29,6 +28,7 @@ from torch.distributed.fsdp import fully_shard
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig
 from learner.diagnostics import ControlTokens, control_metrics, control_values
+from learner.lora import add_adapters, load_weights, merged_weights, save_weights
 from learner.losses import entropy_loss, kl_loss, policy_loss, sequence_logprobs, sft_loss, token_entropy
 from learner.models import atomic_directory, load_policy
 
@@ -78,13 +78,16 @@ class Learner:
         self.config, self.seed = config, seed
         torch.manual_seed(seed)
         model, self.tokenizer = load_policy(self.model_path, "float32", config.attn_implementation)
+        if config.lora is not None:
+            model = add_adapters(model, config.lora)
         self.control_tokens = ControlTokens.from_tokenizer(self.tokenizer)
         self.model = _shard(model.to(self.device))
         self.reference = None
         if config.kl_coef > 0:
             reference, _ = load_policy(self.model_path, "float32", config.attn_implementation)
             self.reference = _shard(reference.to(self.device).eval().requires_grad_(False))
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # learner.lora: the adapters only
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas,
                                            eps=config.adam_eps, weight_decay=config.weight_decay)
         self.optimizer_step = 0  # updates applied (a skipped non-finite step is not one): warmup counts these
         self.skipped_steps = 0
@@ -103,11 +106,11 @@ class Learner:
         while len(share) < math.ceil(len(batch) / self.world_size):
             share.token_ids.append([self.tokenizer.pad_token_id] * 2)
             share.loss_mask.append([0, 0])
-            if share.advantages:
+            if batch.advantages:  # not share: a share may be empty (fewer sequences than ranks)
                 share.advantages.append(0.0)
-            if share.sampling_logprobs:
+            if batch.sampling_logprobs:
                 share.sampling_logprobs.append([0.0, 0.0])
-            if share.origins:
+            if batch.origins:
                 share.origins.append("policy")
         return share
 
@@ -309,18 +312,18 @@ class Learner:
         return [gathered[i % self.world_size][i // self.world_size] for i in range(len(batch))]
 
     def state_dict_for_rollout(self) -> dict[str, torch.Tensor]:
-        """Full weights with HF names, gathered once on rank 0 (other ranks return an empty dict)."""
+        """Full weights with HF names (LoRA merged in), gathered once on rank 0 (other ranks return {})."""
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return full if self.rank == 0 else {}
+        return merged_weights(self.model, full) if self.rank == 0 else {}
 
     def save(self, directory: str, run_state: dict) -> None:
-        """HF model + tokenizer + optimizer/step/RNG + the run's own state, written atomically."""
+        """HF model (LoRA: merged, and the adapter) + tokenizer + optimizer/step/RNG + run state, atomically."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=options)
         optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=options)
         if self.rank == 0:
             with atomic_directory(directory) as staging:
-                self.model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
+                save_weights(self.model, weights, staging, self.model_path)
                 self.tokenizer.save_pretrained(staging)
                 torch.save({"optimizer": optimizer, "optimizer_step": self.optimizer_step,
                             "skipped_steps": self.skipped_steps, "rng": torch.get_rng_state()}, staging / TRAINER_STATE)
@@ -328,15 +331,10 @@ class Learner:
         dist.barrier()
 
     def load(self, directory: str) -> dict:
-        """Restore weights, optimizer and counters from ``save``'s output; returns the run state."""
-        from safetensors.torch import load_file
-
+        """Restore weights (LoRA: the adapter), optimizer and counters from ``save``; returns the run state."""
         directory = Path(directory)
-        weights = load_file(directory / "model.safetensors")
-        if "lm_head.weight" not in weights and self.model.config.tie_word_embeddings:
-            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        load_weights(self.model, directory)
         options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.model, weights, options=options)
         state = torch.load(directory / TRAINER_STATE, weights_only=False)
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
         self.optimizer_step, self.skipped_steps = state["optimizer_step"], state["skipped_steps"]
