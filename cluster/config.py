@@ -20,6 +20,18 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line naming the field and the reason."""
 
 
+class DynamicSamplingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="DAPO's dynamic sampling: after the step's tasks_per_step tasks, draw "
+                          "tasks_per_step more (and roll them out) until tasks_per_step groups have unequal rewards "
+                          "(judged after supervision, so a group that off_policy gives the ground truth counts); "
+                          "the update trains on the first tasks_per_step of them. Flat and surplus groups stay in "
+                          "the rollout metrics and feed the failure buffer.")
+    max_draws: int = Field(4, ge=1, description="Draws per step at most, the first one included (verl's "
+                           "max_num_gen_batches); when they run out the step trains on the informative groups found.")
+
+
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,6 +39,9 @@ class TrainerConfig(BaseModel):
                        "committed embedded policy).")
     total_steps: int = Field(20, ge=1, description="Training steps (sample → supervise → update → sync → observe).")
     tasks_per_step: int = Field(4, ge=1, description="Tasks drawn per step; each is rolled out group_size times.")
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig,
+                                                    description="Draw further tasks until the update has "
+                                                    "tasks_per_step informative groups (DAPO).")
     run_dir: str | None = Field(None, description="Run directory (default: runs/<name>).")
     resume: bool = Field(False, description="Continue from the run directory's latest checkpoint.")
     eval_every: int = Field(10, ge=0, description="Greedy eval on env.eval_split every N steps, before step 1 and "

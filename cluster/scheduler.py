@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.config import ToolRLConfig, dump_config
+from cluster.sampling import Draws, TaskSampler, draw_informative
 from learner.batch import SequenceBatch, rl_batch
 from learner.models import default_policy, load_tokenizer
 from learner.worker import LearnerGroup
@@ -33,37 +33,6 @@ PROBE_SEQUENCES = 4  # sampled sequences the control-token probe of a step witho
 
 class RunDirectoryError(ValueError):
     """The run directory holds another run; the message says how to resume or start elsewhere."""
-
-
-class TaskSampler:
-    """Train tasks in a fresh seeded order each epoch; its position is part of a checkpoint."""
-
-    def __init__(self, tasks: list, seed: int):
-        self.tasks, self.seed, self.epoch, self.position = tasks, seed, 0, 0
-        self._order = self._shuffled()
-
-    def _shuffled(self) -> list:
-        order = list(self.tasks)
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def draw(self, n: int) -> list:
-        drawn = []
-        while len(drawn) < n:
-            if self.position == len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._shuffled()
-            take = min(n - len(drawn), len(self._order) - self.position)
-            drawn += self._order[self.position : self.position + take]
-            self.position += take
-        return drawn
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def restore(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._shuffled()
 
 
 def eval_suites(config: ToolRLConfig) -> list[Suite]:
@@ -188,22 +157,19 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        config, trainer, sup = self.config, self.config.trainer, self.config.supervision
+        trainer, sup = self.config.trainer, self.config.supervision
         self.step += 1
         kind = step_kind(sup, self.step, self.adaptive.sft_steps_left)  # rl | sft | combined, from the schedule
         timings: dict[str, float] = {}
-        # sample: G episodes for each drawn task (hints go into some prompts); an SFT step samples nothing.
-        # Seeds derive from the step, so a resumed run repeats them.
+        # sample: G episodes for each drawn task, with further draws under dynamic sampling; an SFT step
+        # samples nothing
         with _timed(timings, "sample"):
-            trajectories, tasks = [], []
-            if kind != "sft":
-                tasks = self.sampler.draw(trainer.tasks_per_step)
-                seed = trainer.seed * 1_000_000_007 + self.step * 100_003
-                groups = group_requests(tasks, config.rollout.group_size, seed, tag=f"s{self.step}:")
-                trajectories = self.pool.run_groups(self.supervisor.decorate(groups))
+            drawn = self._sample() if kind != "sft" else Draws()
+            trajectories = drawn.trajectories
         # supervise: strip hints, put ground truth into groups, collect failures; draw this step's SFT data
         with _timed(timings, "supervise"):
-            batch, supervision_metrics = self.supervisor.transform(trajectories, tasks) if trajectories else (None, {})
+            batch, supervision_metrics = (self.supervisor.transform(trajectories, drawn.tasks, drawn.train_groups)
+                                          if trajectories else (None, {}))
             sft, sft_counts = None, {}
             if kind != "rl":
                 size = {"sft_then_rl": sup.sft_then_rl.sft_batch_size, "sync": sup.sync.sft_batch_size,
@@ -222,7 +188,8 @@ class Scheduler:
             probed = bool(trajectories) and not any(key.startswith("control/") for key in learner_metrics)
             if probed:  # no update saw these samples (every group flat, as after a collapse): still watch them
                 learner_metrics |= self.learners.control_probe(self._probe_batch(trajectories))
-            metrics = {**(rollout_metrics(trajectories) if trajectories else {}), **supervision_metrics, **sft_counts,
+            metrics = {**(rollout_metrics(trajectories) if trajectories else {}), **drawn.metrics,
+                       **supervision_metrics, **sft_counts,
                        **learner_metrics, **{f"update/{k}": float(k == kind) for k in ("rl", "sft", "combined")},
                        "update/skipped": float(not updated), "diagnostics/probed": float(probed)}
             if sup.alarm.enabled:
@@ -242,6 +209,25 @@ class Scheduler:
         metrics["tokens_per_s/learner"] = trained_tokens / max(timings["update"], 1e-9)
         self._log(metrics)
         return {"step": self.step, **metrics}
+
+    def _sample(self) -> Draws:
+        """This step's groups (hints go into some prompts). Seeds and group ids derive from the step and the
+        draw, so a resumed run repeats every draw; draw 0 is the step's only draw without dynamic sampling."""
+        trainer, group_size = self.config.trainer, self.config.rollout.group_size
+
+        def roll(draw: int) -> tuple[list, list[Trajectory]]:
+            tasks = self.sampler.draw(trainer.tasks_per_step)
+            # a draw's episodes continue the step's seed numbering after the previous draw's
+            seed = trainer.seed * 1_000_000_007 + self.step * 100_003 + draw * trainer.tasks_per_step * group_size
+            tag = f"s{self.step}:" if draw == 0 else f"s{self.step}d{draw}:"
+            groups = group_requests(tasks, group_size, seed, tag=tag)
+            return tasks, self.pool.run_groups(self.supervisor.decorate(groups))
+
+        dynamic = trainer.dynamic_sampling
+        if not dynamic.enabled:
+            tasks, trajectories = roll(0)
+            return Draws(trajectories, tasks)
+        return draw_informative(roll, self.supervisor.informative_groups, trainer.tasks_per_step, dynamic.max_draws)
 
     def _update(self, kind: str, batch, sft) -> dict[str, float]:
         """The learner call this step's kind asks for; {} when there is nothing to train on."""

@@ -49,13 +49,13 @@ class Supervisor:
         return add_hints(groups, self.sup.hint.members, self.sup.hint.position, self.hint_writer)
 
     # ---- (b) supervise ----------------------------------------------------------------------------------
-    def transform(self, trajectories: list[Trajectory], tasks: list[Task]) -> tuple[SequenceBatch, dict[str, float]]:
-        """The RL batch the learner trains on, and what the signals did to it."""
+    def transform(self, trajectories: list[Trajectory], tasks: list[Task],
+                  train_groups: set[str] | None = None) -> tuple[SequenceBatch, dict[str, float]]:
+        """The RL batch the learner trains on (the groups in ``train_groups``; None: every group), and what
+        the signals did to it. Failures are collected from every group, also from those the update leaves out."""
         by_id = {t.id: t for t in tasks}
         trajectories = [strip_hint(t) for t in trajectories]
-        groups: dict[str, list[int]] = {}
-        for index, trajectory in enumerate(trajectories):
-            groups.setdefault(trajectory.group_id, []).append(index)
+        groups = _group_members(trajectories)
         collected = {"erroneous": 0, "reflection": 0}
         if self.signals & {"erroneous", "reflection"}:
             for members in groups.values():  # one failure per group: the task, not its G siblings, is the news
@@ -64,32 +64,51 @@ class Supervisor:
                     for sample in self._failure_samples(by_id[failed.task_id], failed):
                         collected[sample["signal"]] += 1
                         self.failures.add([sample])
-        origins = ["hint" if t.hint else "policy" for t in trajectories]
-        replaced = 0
-        if "off_policy" in self.signals:
-            rule = self.sup.off_policy
-            for members in groups.values():
-                if rule.when == "no_success" and any(trajectories[i].result.success for i in members):
-                    continue
-                replaced += 1
-                for i in members[len(members) - min(rule.members, len(members)):]:
-                    like = trajectories[i]
-                    trajectories[i] = ground_truth_trajectory(by_id[like.task_id], like, self.fmt, self.tokenizer,
-                                                              self.config.env.reward)
-                    origins[i] = "expert"
+        hinted = {t.group_id for t in trajectories if t.hint}
+        if train_groups is not None:
+            trajectories = [t for t in trajectories if t.group_id in train_groups]
+        trajectories, origins, replaced = self._put_ground_truth(trajectories, by_id)
         learner = self.config.learner
         batch = rl_batch(trajectories, learner.scale_advantages_by_std, learner.skip_flat_groups, origins,
                          self.config.rollout.temperature)
         if self.sup.off_policy.loss == "shaped":
             batch.shaped_gamma = self.sup.off_policy.gamma
         batch.hint_importance_cap = self.sup.hint.importance_max
-        hinted = {t.group_id for t in trajectories if t.hint}
+        trained = len(groups) if train_groups is None else len(train_groups)
         return batch, {
             "supervision/hinted_group_share": len(hinted) / max(len(groups), 1),
-            "supervision/replaced_group_share": replaced / max(len(groups), 1),
+            "supervision/replaced_group_share": replaced / max(trained, 1),  # of the groups the update sees
             "supervision/collected/erroneous": float(collected["erroneous"]),
             "supervision/collected/reflection": float(collected["reflection"]),
         }
+
+    def informative_groups(self, trajectories: list[Trajectory], tasks: list[Task]) -> list[str]:
+        """Ids of the groups, in order, whose rewards differ once ``transform`` has put the ground truth in
+        (dynamic sampling keeps these): a group of failures that off_policy rescues teaches GRPO too."""
+        rewards: dict[str, set[float]] = {}
+        for t in self._put_ground_truth(trajectories, {t.id: t for t in tasks})[0]:
+            rewards.setdefault(t.group_id, set()).add(t.reward)
+        return [group for group, values in rewards.items() if len(values) > 1]
+
+    def _put_ground_truth(self, trajectories: list[Trajectory],
+                          by_id: dict[str, Task]) -> tuple[list[Trajectory], list[str], int]:
+        """off_policy: the ground truth in place of the last k members of each group its rule picks.
+        Returns the trajectories, each one's origin, and how many groups got the ground truth."""
+        trajectories = list(trajectories)
+        origins = ["hint" if t.hint else "policy" for t in trajectories]
+        if "off_policy" not in self.signals:
+            return trajectories, origins, 0
+        rule, replaced = self.sup.off_policy, 0
+        for members in _group_members(trajectories).values():
+            if rule.when == "no_success" and any(trajectories[i].result.success for i in members):
+                continue
+            replaced += 1
+            for i in members[len(members) - min(rule.members, len(members)):]:
+                like = trajectories[i]
+                trajectories[i] = ground_truth_trajectory(by_id[like.task_id], like, self.fmt, self.tokenizer,
+                                                          self.config.env.reward)
+                origins[i] = "expert"
+        return trajectories, origins, replaced
 
     def _failure_samples(self, task: Task, trajectory: Trajectory) -> list[dict]:
         samples = []
@@ -120,3 +139,11 @@ class Supervisor:
         if self.expert is not None:
             self.expert.position = state["expert_position"]
         self.failures.restore(state["failures"])
+
+
+def _group_members(trajectories: list[Trajectory]) -> dict[str, list[int]]:
+    """Group id → the indices of its members, groups in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for index, trajectory in enumerate(trajectories):
+        groups.setdefault(trajectory.group_id, []).append(index)
+    return groups

@@ -69,6 +69,8 @@ def _fresh_batch(scheduler, seed=7):
 def _check_off_policy(steps, scheduler):
     # a random policy never succeeds: every group gets the ground truth, whose reward 1 gives it a signal
     assert all(m["supervision/replaced_group_share"] == 1.0 and m["update/skipped"] == 0.0 for m in steps)
+    # so dynamic sampling (on here) counts those groups as informative and draws no further tasks
+    assert all(m["dynamic_sampling/draws"] == 1.0 and m["dynamic_sampling/informative_groups"] == 2.0 for m in steps)
     tasks, _, batch, _ = _fresh_batch(scheduler)
     fmt = scheduler.supervisor.fmt  # the run's prompt format (tool descriptions off by default)
     experts = [i for i, origin in enumerate(batch.origins) if origin == "expert"]
@@ -98,6 +100,7 @@ CHECKS = {"rl": _check_rl, "sft_then_rl": _check_sft_then_rl, "sync_expert": _ch
           "interleaved_reflection": _check_interleaved("reflection")}
 EXTRA = {"sft_then_rl": ["supervision.sft_then_rl.sft_steps=2", "supervision.sft_then_rl.sft_batch_size=4"],
          "sync_expert": ["supervision.sync.sft_batch_size=4"],
+         "sync_off_policy": ["trainer.dynamic_sampling.enabled=true"],
          "sync_hint": ["supervision.hint.members=1", "learner.skip_flat_groups=false"]}
 
 

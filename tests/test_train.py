@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -148,3 +149,39 @@ def test_a_step_without_an_update_still_reports_the_control_tokens(ray_local, tm
     assert 0.0 < step["control/call_open/healthy/max"] <= 1.0
     # flat groups have zero advantage: RL pushes no control token
     assert all(value == 0.0 for key, value in step.items() if key.startswith("control_grad/"))
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly(ray_local, tmp_path):
+    """The default policy on one task a step: most groups of 4 are flat, so steps draw again, up to the cap.
+    A run stopped after step 1's checkpoint and resumed repeats step 2, its further draws included."""
+    from cluster.scheduler import LATEST, Scheduler
+
+    def config(run_dir, *extra: str):
+        return load_config(None, [
+            f"trainer.run_dir={run_dir}", "trainer.total_steps=2", "trainer.eval_every=0", "trainer.save_every=1",
+            "trainer.tasks_per_step=1", "rollout.group_size=4", "rollout.max_new_tokens=64",
+            "env.reward.shaping=turn_fraction",  # partial credit: more groups with unequal rewards
+            "trainer.dynamic_sampling.enabled=true", "trainer.dynamic_sampling.max_draws=4", *extra])
+
+    straight = Scheduler(config(tmp_path / "straight"))
+    steps = [straight.train_step() for _ in range(2)]
+    straight.close()
+    for step in steps:
+        draws, informative = step["dynamic_sampling/draws"], step["dynamic_sampling/informative_groups"]
+        assert 1 <= draws <= 4 and step["dynamic_sampling/sampled_groups"] == draws
+        # every draw counts in the rollout metrics
+        assert step["flat_group_share"] == pytest.approx(1 - informative / draws)
+        # a draw that found the step's group ends the drawing; without one the step stops at the cap, untrained
+        assert informative == float(step["update/skipped"] == 0.0) and (informative or draws == 4)
+    assert any(step["dynamic_sampling/draws"] > 1 and step["update/skipped"] == 0.0 for step in steps)
+
+    # the run directory as a run killed after step 1's checkpoint left it, resumed on the same actors
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000002")
+    (resumed / "checkpoints" / LATEST).write_text("step_000001\n")
+    scheduler = Scheduler(config(resumed, "trainer.resume=true"), straight.pool, straight.learners)
+    assert scheduler.train_step()["step"] == 2
+    scheduler.close()
+    assert _comparable(resumed) == _comparable(tmp_path / "straight")
