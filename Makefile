@@ -20,9 +20,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps bfcl-eval==2026.3.23 mpmath
 	touch $(STAMP)
 
-# The main job: GRPO from the committed default policy on synth/train, evaluated on synth/test.
+# The main job: GRPO from the committed default policy on synth/train, evaluated on synth/test. Each
+# `make train` is a new run in its own directory; ARGS go to launch.py train, e.g.
+#   make train ARGS="--set learner.lr=3e-4"
+#   make train RUN_DIR=runs/train-20260101-120000 ARGS="--set trainer.resume=true"   (continue that run)
+RUN_DIR ?= runs/train-$(shell date +%Y%m%d-%H%M%S)
+ARGS ?=
+
 train: setup
-	$(PY) launch.py train
+	$(PY) launch.py train --set trainer.run_dir=$(RUN_DIR) $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

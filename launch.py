@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,11 +17,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cluster.config import ConfigError, load_config
+from cluster.config import ConfigError, check_model_dir, load_config
+from cluster.console import eval_line, final_lines, progress_label, reward_is_success, step_line
 
 # piped output (logs, CI) gets a wide console: rich's 80-column default folds the eval table's headers
 console = Console(width=None if sys.stdout.isatty() else 160)
 BOOTSTRAP_STEPS = 1400
+# "parse errors" beside "polluted 100 %" read as a contradiction under format_ood: the two count different
+# things, and a call in the trained syntax is no parse error of the tested one (the parser reads it as text)
+EVAL_CAPTION = ("unparsable call: share of tasks with a call in the tested syntax that its parser rejected; a call "
+                "in another syntax is read as plain text, so it shows as polluted, not here. The states are shares "
+                "of assistant messages.")
 
 
 def _progress(transient: bool = True) -> Progress:
@@ -92,16 +99,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cluster.local import init_ray
-    from learner.models import default_policy
-    from rollout.evaluate import build_suite, evaluate, summarize
-    from rollout.worker import RolloutPool
-
     format_ood = args.suite == "format_ood"  # there --format is the tested syntax, not the trained one
     flags = [f"rollout.format={args.format}"] if args.format and not format_ood else []
     flags += [f"rollout.workers={args.workers}"] if args.workers else []
     flags += [f"env.name={args.env}"] if args.env else []
     config = _config(args, *flags)
+    check_model_dir(args.model, "--model")
+    from cluster.local import init_ray  # heavy imports (torch, vLLM, Ray) only once the input is known good
+    from learner.models import default_policy
+    from rollout.evaluate import build_suite, evaluate, summarize
+    from rollout.worker import RolloutPool
+
     suite = build_suite(args.suite, config.env, config.rollout.format, limit=args.limit,
                         ood_format=args.format if format_ood else None, split=args.split)
     model = default_policy() if args.model == "default" else args.model
@@ -115,7 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = summarize(rows)
     states = [key.removeprefix("structure/") for key in summary["all"] if key.startswith("structure/")]
     table = _table(f"{suite.name}: {suite.env}/{suite.split}, format {suite.format}, greedy, model {model}",
-                   ("category", "tasks", "success", "turn accuracy", "parse errors", *states))
+                   ("category", "tasks", "success", "turn accuracy", "unparsable call", *states))
+    table.caption = EVAL_CAPTION
     for name, row in summary.items():
         table.add_row(name, str(row["tasks"]), f"{row['success']:.1%}", f"{row['turn_accuracy']:.1%}",
                       f"{row['parse_error_rate']:.1%}", *(f"{row[f'structure/{state}']:.1%}" for state in states))
@@ -128,26 +137,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _step_line(metrics: dict) -> str:
-    phases = " ".join(f"{phase} {metrics[f'time/{phase}_s']:.1f}s"
-                      for phase in ("sample", "supervise", "update", "sync", "observe"))
-    evaluated = f" eval success {metrics['eval/success']:.1%}" if "eval/success" in metrics else ""
-    update = next(k for k in ("rl", "sft", "combined") if metrics.get(f"update/{k}"))
-    update += " (no update)" if metrics.get("update/skipped") else ""
-    sampled = f" reward {metrics['reward']:.3f} success {metrics['success']:.1%}" if "reward" in metrics else ""
-    sft = f" sft_loss {metrics['sft_loss']:.3f}" if "sft_loss" in metrics else ""
-    alarm = (f" [bold red]ALARM: {', '.join(k.removeprefix('alarm/') for k in metrics if k.startswith('alarm/'))}"
-             "[/bold red]" if metrics.get("alarm") else "")
-    return f"step {metrics['step']} ({update}):{sampled}{sft}{evaluated} | {phases}{alarm}"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    import ray
+    started = time.perf_counter()
+    config = _config(args)
+    check_model_dir(config.trainer.model, "trainer.model")
+    import ray  # heavy imports (torch, vLLM, Ray) only once the input is known good
 
     from cluster.local import init_ray
     from cluster.scheduler import Scheduler, checkpoint_to_resume
 
-    config = _config(args)
     checkpoint_to_resume(config)  # a run directory problem is a one-line error before anything starts
     init_ray(args.address)
     total = config.trainer.total_steps
@@ -156,17 +154,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         scheduler = ray.remote(num_cpus=0)(Scheduler).remote(config)
         initial = ray.get(scheduler.initial_eval.remote())
     if initial:
-        console.print(f"step 0: eval success {initial['eval/success']:.1%}", highlight=False)
+        console.print(f"step 0 (starting weights): {eval_line(initial)}", highlight=False)
+    reward_shown = not reward_is_success(config)
     with _progress(transient=False) as progress:
         bar = progress.add_task("training", total=total)
         step = 0
         while step < total:
             metrics = ray.get(scheduler.train_step.remote())
             step = metrics["step"]
-            progress.update(bar, completed=step, description=f"training (reward {metrics['reward']:.2f})")
-            progress.console.print(_step_line(metrics), highlight=False)
+            progress.update(bar, completed=step, description=progress_label(metrics))
+            progress.console.print(step_line(metrics, reward_shown), highlight=False, soft_wrap=True)
     ray.get(scheduler.close.remote())
     console.print(f"run directory: {config.run_path()}")
+    for line in final_lines(config, initial, metrics, time.perf_counter() - started):
+        console.print(line, highlight=False)
     return 0
 
 
@@ -180,9 +181,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from cluster.sweep import COLUMNS, run_sweep, table_cells
+    from cluster.sweep import COLUMNS, load_preset, plan, run_sweep, table_cells
 
     out = Path(args.out or f"runs/sweep-{Path(args.preset).stem}{'-quick' if args.quick else ''}")
+    preset = load_preset(args.preset)
+    if not (args.quick and preset.quick and preset.quick.test_policy):  # the quick variant's test policy is built later
+        for model in dict.fromkeys(run.config.trainer.model for run in plan(preset, out, args.seeds, args.quick)):
+            check_model_dir(model, f"sweep {args.preset}: trainer.model")
     with _progress(transient=False) as progress:
         bar = progress.add_task(f"sweep {args.preset}", total=None)
 
@@ -193,7 +198,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 progress.advance(bar)
 
         def on_step(run, metrics: dict) -> None:
-            progress.console.print(f"  {run.configuration} seed {run.seed} {_step_line(metrics)}", highlight=False)
+            line = step_line(metrics, not reward_is_success(run.config))
+            progress.console.print(f"  {run.configuration} seed {run.seed} {line}", highlight=False, soft_wrap=True)
             if metrics["step"] == run.config.trainer.total_steps:
                 progress.advance(bar)
 

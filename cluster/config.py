@@ -5,6 +5,7 @@ Every field carries a description; an invalid file or override fails with one li
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,3 +134,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def dump_config(config: ToolRLConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def check_model_dir(model: str, where: str) -> None:
+    """A model given as a path must be a readable HF directory: one line now, not a Ray actor that dies on it
+    a minute later. ``default`` is the committed policy (learner.models.default_policy reports it missing)."""
+    if model == "default":
+        return
+    path = Path(model)
+    try:
+        if not path.exists():
+            problem = "does not exist"
+        elif not (path / "config.json").is_file():
+            problem = "is not a model directory (no config.json)"
+        else:
+            json.loads((path / "config.json").read_text(encoding="utf-8"))
+            return
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror})"
+    except ValueError:
+        problem = "has a config.json that is not JSON"
+    raise ConfigError(f"{where}: model directory {model} {problem}")

@@ -1,10 +1,13 @@
 """``launch.py report``: figures (PNG) and one self-contained HTML page from run directories' metrics.jsonl.
 
 Every figure puts the training step on the x axis and overlays the runs (one colour each). SFT steps
-(``update/sft`` = 1) are shaded in the run's colour and alarm steps (``alarm`` = 1) marked with a dotted
-line, so the schedule's phases and the detector's verdicts sit next to the curves. A metric that no run
-logged is skipped, and a figure with nothing to draw is not written: a run without diagnostics still gets
-its reward and eval figures.
+(``update/sft`` = 1) are shaded in the run's colour, steps that changed no weight (``update/skipped`` = 1)
+hatched grey and alarm steps (``alarm`` = 1) marked with a dotted line, so the schedule's phases and the
+detector's verdicts sit next to the curves. A per-step line breaks at a step that did not log its metric
+(an SFT step samples nothing; a step without an update has no gradient) instead of bridging it. Eval
+points carry their binomial standard error (``eval/tasks`` tasks): a few evals of 100 tasks differ by
+noise of ±4 points. A metric that no run logged is skipped, a panel that would repeat another (sampled
+reward = success under the binary reward) is drawn once, and a figure with nothing to draw is not written.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +23,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 SUITE_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "content_ood": "eval/content_ood/success"}
 SUITE_STYLES = {"id": "-", "format_ood": "--", "content_ood": ":"}
@@ -47,10 +51,28 @@ class Run:
         points = [(r["step"], r[key]) for r in self.records if key in r and r[key] is not None]
         return [s for s, _ in points], [v for _, v in points]
 
+    def gapped(self, key: str) -> tuple[list[int], list[float]]:
+        """``series`` with NaN at the training steps between its first and last point that did not log ``key``:
+        matplotlib breaks the line there rather than drawing a change no step measured."""
+        steps, _ = self.series(key)
+        if not steps:
+            return [], []
+        span = [r for r in self.records if steps[0] <= r["step"] <= steps[-1]]
+        return [r["step"] for r in span], [r[key] if r.get(key) is not None else math.nan for r in span]
+
+    def eval_errors(self, key: str) -> list[float] | None:
+        """Binomial standard errors of the ``series(key)`` success rates; None when the task count was not
+        logged (runs from before eval/tasks)."""
+        tasks_key = key.removesuffix("success") + "tasks"
+        points = [r for r in self.records if r.get(key) is not None]
+        if not all(r.get(tasks_key) for r in points):
+            return None
+        return [math.sqrt(r[key] * (1 - r[key]) / r[tasks_key]) for r in points]
+
     def steps_where(self, key: str) -> list[int]:
         return [r["step"] for r in self.records if r.get(key) == 1.0]
 
-    def keys(self) -> set[str]:
+    def logged(self) -> set[str]:
         return {key for r in self.records for key in r}
 
 
@@ -78,13 +100,17 @@ def _colors(runs: list[Run]) -> dict[str, str]:
 
 
 def _mark_schedule(ax, runs: list[Run], colors: dict[str, str]) -> None:
-    """SFT steps shaded, alarm steps dotted; the same integer step axis on every panel."""
+    """SFT steps shaded, steps without an update hatched, alarm steps dotted; the same integer step axis on
+    every panel."""
     steps = [r["step"] for run in runs for r in run.records]
     ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for run in runs:
         for step in run.steps_where("update/sft"):
             ax.axvspan(step - 0.5, step + 0.5, color=colors[run.label], alpha=0.12, linewidth=0)
+        for step in run.steps_where("update/skipped"):
+            ax.axvspan(step - 0.5, step + 0.5, facecolor="none", edgecolor="grey", alpha=0.3, hatch="//",
+                       linewidth=0)
         for step in run.steps_where("alarm"):
             ax.axvline(step, color=colors[run.label], linestyle=":", linewidth=1.5)
 
@@ -93,6 +119,8 @@ def _legend(fig, runs: list[Run], colors: dict[str, str], extra: list | None = N
     handles = [Line2D([], [], color=colors[r.label], label=r.label) for r in runs]
     if any(r.steps_where("update/sft") for r in runs):
         handles.append(Patch(color="grey", alpha=0.25, label="SFT steps (shaded)"))
+    if any(r.steps_where("update/skipped") for r in runs):
+        handles.append(Patch(facecolor="none", edgecolor="grey", hatch="//", label="no update (hatched)"))
     if any(r.steps_where("alarm") for r in runs):
         handles.append(Line2D([], [], color="grey", linestyle=":", label="alarm"))
     fig.legend(handles=handles + (extra or []), loc="lower center", ncol=min(4, len(handles) + len(extra or [])),
@@ -114,13 +142,28 @@ def _titled(fig, title: str):
     return fig
 
 
+def _reward_is_success(runs: list[Run]) -> bool:
+    """Whether every run's sampled reward equals its sampled success (the binary reward): one panel for both."""
+    return all(run.series("reward") == run.series("success") for run in runs)
+
+
+def _plot_eval(ax, run: Run, key: str, style: str, color: str) -> None:
+    """Eval points with their standard error as bars, joined by a thin line."""
+    steps, values = run.series(key)
+    if steps:
+        ax.errorbar(steps, values, yerr=run.eval_errors(key), fmt=style, color=color, marker="o", markersize=3,
+                    linewidth=1, elinewidth=1, capsize=3)
+
+
 def reward_figure(runs: list[Run]):
-    """Sampled reward and success on the train split; eval success of each suite."""
-    panels = [(title, keys) for title, keys in (
-        ("sampled reward (train)", {"": "reward"}),
-        ("sampled success (train)", {"": "success"}),
-        ("eval success (greedy)", {suite: key for suite, key in SUITE_KEYS.items()}),
-    ) if any(key in run.keys() for run in runs for key in keys.values())]
+    """Sampled reward and success on the train split (one panel when they are equal); eval success of each
+    suite with its standard error."""
+    sampled = ((("sampled success = reward (train)", "success"),) if _reward_is_success(runs) else
+               (("sampled reward (train)", "reward"), ("sampled success (train)", "success")))
+    panels = [(title, {"": key}) for title, key in sampled if any(key in run.logged() for run in runs)]
+    if any(key in run.logged() for run in runs for key in SUITE_KEYS.values()):
+        errors = any(run.eval_errors(key) for run in runs for key in SUITE_KEYS.values() if key in run.logged())
+        panels.append(("eval success (greedy" + (", ± standard error)" if errors else ")"), SUITE_KEYS))
     if not panels:
         return None
     colors = _colors(runs)
@@ -129,20 +172,20 @@ def reward_figure(runs: list[Run]):
         _mark_schedule(ax, runs, colors)
         for run in runs:
             for suite, key in keys.items():
-                steps, values = run.series(key)
-                if steps:
-                    ax.plot(steps, values, SUITE_STYLES.get(suite, "-"), color=colors[run.label], marker="o",
-                            markersize=3)
+                if suite:
+                    _plot_eval(ax, run, key, SUITE_STYLES[suite], colors[run.label])
+                else:
+                    ax.plot(*run.gapped(key), color=colors[run.label], marker="o", markersize=3)
         ax.set(title=title, xlabel="step")
     suites = [Line2D([], [], color="black", linestyle=SUITE_STYLES[s], marker="o", markersize=3, label=f"eval {s}")
-              for s, key in SUITE_KEYS.items() if any(key in run.keys() for run in runs)]
+              for s, key in SUITE_KEYS.items() if any(key in run.logged() for run in runs)]
     _legend(fig, runs, colors, suites)
     return _titled(fig, "Reward and success")
 
 
 def control_figure(runs: list[Run]):
     """p(token) at each structural decision point: mean (solid) and max (dashed) over the step's positions."""
-    found = {(m[1], m[2]) for run in runs for key in run.keys() if (m := CONTROL_KEY.match(key))}
+    found = {(m[1], m[2]) for run in runs for key in run.logged() if (m := CONTROL_KEY.match(key))}
     known = [(p, t) for p, tokens in CONTROL_ORDER.items() for t in tokens]
     pairs = [pair for pair in known if pair in found] + sorted(found - set(known))
     if not pairs:
@@ -153,7 +196,7 @@ def control_figure(runs: list[Run]):
         _mark_schedule(ax, runs, colors)
         for run in runs:
             for statistic, style in (("mean", "-"), ("max", "--")):
-                steps, values = run.series(f"control/{point}/{token}/{statistic}")
+                steps, values = run.gapped(f"control/{point}/{token}/{statistic}")
                 if steps:
                     ax.plot(steps, [max(v, 1e-6) for v in values], style, color=colors[run.label], marker="o",
                             markersize=2)
@@ -168,17 +211,19 @@ def control_figure(runs: list[Run]):
 
 def structure_figure(runs: list[Run]):
     """Stacked shares of the structural states of the step's assistant messages, one panel per run."""
-    with_states = [run for run in runs if any(key.startswith("structure/") for key in run.keys())]
+    with_states = [run for run in runs if any(key.startswith("structure/") for key in run.logged())]
     if not with_states:
         return None
-    found = {key.removeprefix("structure/") for run in with_states for key in run.keys() if key.startswith("structure/")}
+    found = {key.removeprefix("structure/") for run in with_states for key in run.logged() if key.startswith("structure/")}
     states = [s for s in STATE_COLORS if s in found] + sorted(found - set(STATE_COLORS))
     fig, axes = _grid(len(with_states), columns=2)
     for ax, run in zip(axes, with_states):
-        steps = [r["step"] for r in run.records if any(f"structure/{s}" in r for s in states)]
-        rows = [r for r in run.records if r["step"] in set(steps) and any(f"structure/{s}" in r for s in states)]
-        ax.stackplot(steps, [[r.get(f"structure/{s}", 0.0) for r in rows] for s in states],
-                     colors=[STATE_COLORS.get(s, "grey") for s in states], alpha=0.85)
+        sampled = [r["step"] for r in run.records if any(f"structure/{s}" in r for s in states)]
+        span = [r for r in run.records if sampled[0] <= r["step"] <= sampled[-1]]
+        # NaN at the steps that sampled nothing (SFT steps): the stack leaves them empty instead of bridging them
+        shares = [[r.get(f"structure/{s}", 0.0) if r["step"] in sampled else math.nan for r in span] for s in states]
+        ax.stackplot([r["step"] for r in span], shares, colors=[STATE_COLORS.get(s, "grey") for s in states],
+                     alpha=0.85)
         _mark_schedule(ax, [run], {run.label: "black"})
         ax.set(title=run.label, xlabel="step", ylim=(0, 1))
     handles = [Patch(color=STATE_COLORS.get(s, "grey"), label=s) for s in states]
@@ -187,7 +232,7 @@ def structure_figure(runs: list[Run]):
 
 
 def optimization_figure(runs: list[Run]):
-    panels = [(key, title) for key, title in OPTIMIZATION_KEYS if any(key in run.keys() for run in runs)]
+    panels = [(key, title) for key, title in OPTIMIZATION_KEYS if any(key in run.logged() for run in runs)]
     if not panels:
         return None
     colors = _colors(runs)
@@ -195,9 +240,7 @@ def optimization_figure(runs: list[Run]):
     for ax, (key, title) in zip(axes, panels):
         _mark_schedule(ax, runs, colors)
         for run in runs:
-            steps, values = run.series(key)
-            if steps:
-                ax.plot(steps, values, color=colors[run.label], marker="o", markersize=2)
+            ax.plot(*run.gapped(key), color=colors[run.label], marker="o", markersize=2)
         ax.set(title=title, xlabel="step")
     _legend(fig, runs, colors)
     return _titled(fig, "Optimisation: entropy, KL, gradient norm")
@@ -213,7 +256,9 @@ def run_summary(run: Run) -> dict[str, object]:
     row: dict[str, object] = {"run": run.label, "steps": max((r["step"] for r in trained), default=0)}
     for suite, key in SUITE_KEYS.items():
         _, values = run.series(key)
-        row[f"final {suite} success"] = f"{values[-1]:.1%}" if values else "n/a"
+        errors = run.eval_errors(key)
+        error = f" ± {errors[-1]:.1%}" if values and errors else ""
+        row[f"final {suite} success"] = f"{values[-1]:.1%}{error}" if values else "n/a"
     row["SFT steps"] = len(run.steps_where("update/sft"))
     row["alarm steps"] = len(run.steps_where("alarm"))
     row["wall s"] = f"{trained[-1]['wall_s']:.0f}" if trained and "wall_s" in trained[-1] else "n/a"

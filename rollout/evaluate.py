@@ -155,6 +155,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def suite_metrics(suite: Suite, rows: list[dict]) -> dict[str, float]:
-    """The suite's "all" summary as metrics: ``eval/success`` (id), ``eval/format_ood/success``, ..."""
+    """The suite's "all" summary as metrics: ``eval/success`` (id), ``eval/format_ood/success``, ...; with
+    ``eval/tasks``, the n of each rate's standard error (console and report draw it)."""
     summary = summarize(rows)["all"]
-    return {suite.prefix + key: value for key, value in summary.items() if key != "tasks"}
+    return {suite.prefix + key: float(value) for key, value in summary.items()}
