@@ -33,6 +33,7 @@ class Suite:
     split: str  # what the tasks are, for tables
     format: str  # tool-call syntax of its episodes
     tasks: list[Task]
+    seed: int = 0  # env.seed the tasks were made with (synth templates are re-derived from it)
 
     @property
     def prefix(self) -> str:
@@ -66,13 +67,13 @@ def build_suite(name: str, env: EnvConfig, trained_format: str, limit: int | Non
             categories = bfcl_held_out_categories(env.train_split)
             split = "test:" + "+".join(categories)
             tasks = _interleaved(load_tasks("bfcl", "test", seed=env.seed), categories)
-        return Suite(name, env.name, split, trained_format, tasks[:limit])
+        return Suite(name, env.name, split, trained_format, tasks[:limit], env.seed)
     split = split or env.eval_split
     tasks = load_tasks(env.name, split, seed=env.seed, limit=limit)
     syntax = (ood_format or OOD_FORMAT[trained_format]) if name == "format_ood" else trained_format
     if name == "format_ood" and syntax == trained_format:
         raise ValueError(f"format_ood needs a syntax other than the trained one ({trained_format})")
-    return Suite(name, env.name, split, syntax, tasks)
+    return Suite(name, env.name, split, syntax, tasks, env.seed)
 
 
 def episode_row(trajectory: Trajectory, task: Task) -> dict:
@@ -124,7 +125,22 @@ def evaluate_suites(pool: RolloutPool, suites: list[Suite]) -> dict[str, float]:
         by_id = {t.id: t for t in suite.tasks}
         rows = [episode_row(t, by_id[t.task_id]) for t in trajectories if t.group_id.startswith(f"eval-{suite.name}:")]
         metrics.update(suite_metrics(suite, rows))
+        if suite.name == "id" and suite.env == "synth":
+            metrics.update(template_metrics(suite, rows))
     return metrics
+
+
+def template_metrics(suite: Suite, rows: list[dict]) -> dict[str, float]:
+    """``eval/template/<name>``: greedy success of the tasks that use each synth template, so that a gain
+    shows where it happens (a task counts for every template it uses)."""
+    from rollout.passk import task_templates_of
+
+    by_id = {t.id: t for t in suite.tasks}
+    outcomes: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        for name in task_templates_of(by_id[row["id"]], suite.seed):
+            outcomes[name].append(row["success"])
+    return {f"eval/template/{name}": sum(wins) / len(wins) for name, wins in sorted(outcomes.items())}
 
 
 def _structure_mix(rows: list[dict]) -> dict[str, float]:

@@ -36,3 +36,19 @@ def test_summary_by_template_counts_a_task_for_every_template_it_uses():
     assert summary["t2"]["tasks"] == 2 and summary["t2"]["sampled"] == pytest.approx((1 + 0.25) / 2)
     assert summary["t2"]["pass@2"] == pytest.approx((1 + 0.5) / 2)  # 1 - C(3,2)/C(4,2) = 0.5
     assert summary["all"]["greedy"] == 0.5 and "pass@8" not in summary["all"]
+
+
+def test_eval_logs_success_per_template_for_every_template_a_task_uses():
+    from rollout.config import EnvConfig
+    from rollout.envs.synth import task_templates
+    from rollout.evaluate import build_suite, template_metrics
+
+    suite = build_suite("id", EnvConfig(), "hermes", limit=6)
+    rows = [{"id": task.id, "success": index % 2 == 0} for index, task in enumerate(suite.tasks)]
+    expected: dict[str, list[bool]] = {}
+    for task, row in zip(suite.tasks, rows):
+        for name in dict.fromkeys(task_templates(task, seed=0)):
+            expected.setdefault(name, []).append(row["success"])
+    metrics = template_metrics(suite, rows)
+    assert metrics == {f"eval/template/{n}": sum(w) / len(w) for n, w in expected.items()}
+    assert sum(len(w) for w in expected.values()) >= len(rows)  # multi-template tasks count for each
