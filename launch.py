@@ -105,7 +105,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     flags += [f"env.name={args.env}"] if args.env else []
     config = _config(args, *flags)
     check_model_dir(args.model, "--model")
-    from cluster.local import init_ray  # heavy imports (torch, vLLM, Ray) only once the input is known good
+    if args.temperature is not None and not args.samples:
+        raise ValueError("--temperature is the sampling temperature: give --samples K too")
+    temperature = args.temperature or config.rollout.temperature  # --temperature is above 0 when given
+    # heavy imports (torch, vLLM, Ray) only once the input is known good
+    from cluster.headroom import sample_rows, summaries, tables
+    from cluster.local import init_ray
     from learner.models import default_policy
     from rollout.evaluate import build_suite, evaluate, summarize
     from rollout.worker import RolloutPool
@@ -120,6 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         bar = progress.add_task(f"eval {suite.name}: {suite.env}/{suite.split} ({suite.format})", total=len(suite.tasks))
         rows = evaluate(pool, suite.tasks, chunk=8 * config.rollout.workers,
                         on_progress=lambda n: progress.advance(bar, n), fmt=suite.format)
+        if args.samples:
+            sampled = sample_rows(pool, suite, rows, args.samples, temperature, 8 * config.rollout.workers, progress)
     summary = summarize(rows)
     states = [key.removeprefix("structure/") for key in summary["all"] if key.startswith("structure/")]
     table = _table(f"{suite.name}: {suite.env}/{suite.split}, format {suite.format}, greedy, model {model}",
@@ -129,9 +136,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table.add_row(name, str(row["tasks"]), f"{row['success']:.1%}", f"{row['turn_accuracy']:.1%}",
                       f"{row['parse_error_rate']:.1%}", *(f"{row[f'structure/{state}']:.1%}" for state in states))
     console.print(table)
+    if args.samples:
+        headroom = summaries(suite, sampled)
+        for drawn in tables(suite, headroom, args.samples, temperature):
+            console.print(drawn)
     if args.json:
         report = {"model": str(model), "suite": suite.name, "env": suite.env, "split": suite.split,
                   "format": suite.format, "summary": summary, "tasks": rows}
+        if args.samples:
+            report["sampling"] = {"samples": args.samples, "temperature": temperature, "summary": headroom,
+                                  "tasks": sampled}
         Path(args.json).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
         console.print(f"per-task results: {args.json}")
     return 0
@@ -259,6 +273,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 class OneLineErrors(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
@@ -293,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(check)
     check.set_defaults(run=cmd_check)
 
-    evaluation = commands.add_parser("eval", help="greedy evaluation of a policy on a split, per-category table")
+    evaluation = commands.add_parser("eval", help="greedy evaluation of a policy on a split (with --samples: pass@k), per-category table")
     evaluation.add_argument("--model", default="default",
                             help="local HF model directory, or 'default' (the committed embedded policy, assets/default-policy)")
     evaluation.add_argument("--env", choices=["bfcl", "synth"], help="environment (default: env.name of the config)")
@@ -306,7 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "--suite format_ood the tested syntax (default: python, or hermes for a python-trained policy)")
     evaluation.add_argument("--workers", type=positive_int, help="RolloutWorker actors (default: rollout.workers)")
     evaluation.add_argument("--limit", type=positive_int, help="evaluate only the first K tasks of the split")
-    evaluation.add_argument("--json", metavar="OUT", help="write the summary and per-task results to this JSON file")
+    evaluation.add_argument("--samples", type=positive_int, metavar="K",
+                            help="also play K sampled episodes per task: mean sampled success and unbiased pass@k "
+                            "(k <= K, k in 1,2,4,8,16,32) per category and, for synth, per template, beside greedy "
+                            "(default: greedy only)")
+    evaluation.add_argument("--temperature", type=positive_float, metavar="T",
+                            help="sampling temperature of --samples, above 0 (default: rollout.temperature)")
+    evaluation.add_argument("--json", metavar="OUT", help="write the summary and per-task results to this JSON file "
+                            "(with --samples also each task's sampled successes and the pass@k summaries)")
     evaluation.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray on 127.0.0.1)")
     add_config_flags(evaluation)
     evaluation.set_defaults(run=cmd_eval)

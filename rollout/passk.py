@@ -34,11 +34,13 @@ def task_templates_of(task: Task, seed: int) -> list[str]:
 
 
 def headroom_rows(play: Callable[[list[list[EpisodeRequest]], float], list[Trajectory]], tasks: list[Task],
-                  samples: int, temperature: float, seed: int, env_seed: int = 0, fmt: str | None = None) -> list[dict]:
+                  samples: int, temperature: float, seed: int, env_seed: int = 0, fmt: str | None = None,
+                  greedy: dict[str, bool] | None = None) -> list[dict]:
     """Per task: greedy success, and the successes among ``samples`` episodes at ``temperature``. ``play``
-    runs groups of requests at a temperature (``RolloutPool.run_groups``, or one in-process worker)."""
-    greedy = {t.task_id: t.result.success
-              for t in play(group_requests(tasks, 1, 0, "greedy", fmt), 0.0)}
+    runs groups of requests at a temperature (``RolloutPool.run_groups``, or one in-process worker).
+    ``greedy``: success per task id when a greedy eval already measured it (then it is not played again)."""
+    if greedy is None:
+        greedy = {t.task_id: t.result.success for t in play(group_requests(tasks, 1, 0, "greedy", fmt), 0.0)}
     successes: dict[str, int] = defaultdict(int)
     for trajectory in play(group_requests(tasks, samples, seed, "sampled", fmt), temperature):
         successes[trajectory.task_id] += trajectory.result.success

@@ -83,18 +83,43 @@ def test_check_exits_1_and_names_the_failure(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_eval_of_the_committed_default_reports(tmp_path):
+    """Greedy eval, and with --samples 2 sampled success and pass@k per category and template (one run: a
+    subprocess costs ~25 s of startup). Ten tasks: synth_test_9 is the first the committed default solves."""
+    from rollout.config import RolloutConfig
+
     out = tmp_path / "eval.json"
     result = subprocess.run(
         [sys.executable, "launch.py", "eval", "--model", "default", "--env", "synth", "--split", "test",
-         "--limit", "6", "--workers", "1", "--json", str(out)],
+         "--limit", "10", "--workers", "1", "--samples", "2", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "turn accuracy" in result.stdout and "all" in result.stdout
+    assert "per category" in result.stdout and "per template" in result.stdout and "pass@2" in result.stdout
     report = json.loads(out.read_text())
-    assert [row["id"] for row in report["tasks"]] == [f"synth_test_{i}" for i in range(6)]
-    assert report["summary"]["all"]["tasks"] == 6
+    ids = [f"synth_test_{i}" for i in range(10)]
+    assert [row["id"] for row in report["tasks"]] == ids
+    assert report["summary"]["all"]["tasks"] == 10
     assert all(row["generated_tokens"] > 0 and row["turns"] >= 1 for row in report["tasks"])
+
+    sampling = report["sampling"]
+    assert sampling["samples"] == 2 and sampling["temperature"] == RolloutConfig().temperature
+    rows = sampling["tasks"]
+    assert [row["id"] for row in rows] == ids
+    greedy = {row["id"]: row["success"] for row in report["tasks"]}  # the greedy eval of the same tasks
+    assert all(type(row["greedy"]) is bool and row["greedy"] == greedy[row["id"]] for row in rows)
+    assert all(row["samples"] == 2 and 0 <= row["successes"] <= 2 and row["templates"] for row in rows)
+    assert sampling["summary"]["category"]["all"]["greedy"] == report["summary"]["all"]["success"]
+    for by, groups in sampling["summary"].items():
+        keys = {r["category"] for r in rows} if by == "category" else {t for r in rows for t in r["templates"]}
+        assert set(groups) == keys | {"all"}
+        for name, group in groups.items():
+            members = [r for r in rows if name == "all" or name in (r["templates"] if by == "template" else [r["category"]])]
+            assert group["tasks"] == len(members) and "pass@4" not in group
+            assert group["greedy"] == pytest.approx(sum(r["greedy"] for r in members) / len(members))
+            assert group["sampled"] == group["pass@1"] == pytest.approx(sum(r["successes"] for r in members) / (2 * len(members)))
+            # the unbiased estimator with n = k = 2: 1 - C(2 - c, 2) / C(2, 2), i.e. any of the two succeeded
+            assert group["pass@2"] == pytest.approx(sum(r["successes"] > 0 for r in members) / len(members))
 
 
 def test_check_synth_all_splits_passes():
