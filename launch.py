@@ -1,8 +1,4 @@
-"""toolrl command line: thin wrappers that parse arguments, build the config and call the library.
-
-    python launch.py tasks --env synth --split ood_content --n 3
-    python launch.py check --env bfcl
-"""
+"""toolrl command line: thin wrappers that parse arguments, build the config and call the library."""
 
 from __future__ import annotations
 
@@ -18,16 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cluster.config import ConfigError, check_model_dir, load_config
-from cluster.console import eval_line, final_lines, progress_label, reward_is_success, step_line
+from cluster.console import EVAL_CAPTION, eval_line, final_lines, progress_label, reward_is_success, step_line
 
 # piped output (logs, CI) gets a wide console: rich's 80-column default folds the eval table's headers
 console = Console(width=None if sys.stdout.isatty() else 160)
 BOOTSTRAP_STEPS = 1400
-# "parse errors" beside "polluted 100 %" read as a contradiction under format_ood: the two count different
-# things, and a call in the trained syntax is no parse error of the tested one (the parser reads it as text)
-EVAL_CAPTION = ("unparsable call: share of tasks with a call in the tested syntax that its parser rejected; a call "
-                "in another syntax is read as plain text, so it shows as polluted, not here. The states are shares "
-                "of assistant messages.")
 
 
 def _progress(transient: bool = True) -> Progress:
@@ -228,10 +219,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    from learner.bootstrap import bootstrap
+    from learner.bootstrap import CorpusMix, bootstrap
 
+    other = args.other_syntaxes / 2
+    mix = CorpusMix((("hermes", 1 - 2 * other), ("python", other), ("json", other)), args.ood_share,
+                    args.mistake_rate, args.first_index)
     out = bootstrap(Path(args.out), steps=args.steps, seed=args.seed, size=args.size, lr=args.lr,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, init=Path(args.init) if args.init else None, mix=mix,
+                    warmup=args.warmup)
     card = json.loads((out / "toolrl_model.json").read_text())
     console.print(f"wrote {out}: {card['parameters']:,} parameters, {card['train_minutes']} min, greedy success on "
                   f"synth/test {card['success_synth_test']:.1%}", highlight=False)
@@ -368,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--size", choices=["tiny", "small"], default="tiny", help="model size preset (default: tiny)")
     boot.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     boot.add_argument("--batch-size", type=positive_int, default=8, help="dialogs per optimizer step (default: 8)")
+    boot.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default: 100)")
+    boot.add_argument("--init", metavar="DIR", help="continue from this model directory (default: a new model)")
+    boot.add_argument("--other-syntaxes", type=float, default=0.0, help="share of python + json dialogs (default: 0)")
+    boot.add_argument("--ood-share", type=float, default=0.0, help="share of held-out-template dialogs (default: 0)")
+    boot.add_argument("--mistake-rate", type=float, default=0.0, help="share of habit turns (default: 0)")
+    boot.add_argument("--first-index", type=int, default=0, help="first synth task used; 1000 skips RL's (default: 0)")
     boot.set_defaults(run=cmd_bootstrap)
 
     submit = commands.add_parser("submit", help="run a launch.py command on a Ray cluster through the Job API")

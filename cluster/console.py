@@ -15,6 +15,12 @@ SUITES = {"id": "eval/", "format_ood": "eval/format_ood/", "content_ood": "eval/
 PHASES = ("sample", "supervise", "update", "sync", "observe")
 SIGNALS = ("expert", "erroneous", "reflection")
 
+# "parse errors" beside "polluted 100 %" read as a contradiction under format_ood: the two count different
+# things, and a call in the trained syntax is no parse error of the tested one (the parser reads it as text)
+EVAL_CAPTION = ("unparsable call: share of tasks with a call in the tested syntax that its parser rejected; a call "
+                "in another syntax is read as plain text, so it shows as polluted, not here. The states are shares "
+                "of assistant messages.")
+
 
 def reward_is_success(config: ToolRLConfig) -> bool:
     """Under the binary reward without a format penalty the sampled reward is the success rate: print one."""

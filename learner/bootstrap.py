@@ -43,16 +43,17 @@ from rollout.variants import mistaken_calls
 
 @dataclass(frozen=True)
 class CorpusMix:
-    """What the bootstrap dialogs are made of, beside the environment's own expert dialogs.
+    """What the bootstrap dialogs are made of. The defaults are the committed default's recipe: expert
+    dialogs of synth train tasks in hermes, from task 0 on.
 
-    The default plays the role of a pretrained model: it has seen every syntax and API class, and it has
+    A mix that plays the role of a pretrained model sees every syntax and the held-out templates, and has
     generic habits (rollout/variants.py) that this environment's checker rejects, at ``mistake_rate``.
     """
 
-    formats: tuple[tuple[str, float], ...] = (("hermes", 0.7), ("python", 0.15), ("json", 0.15))
-    ood_share: float = 0.15  # dialogs of the held-out templates (the content-OOD suite's kind, other tasks)
-    mistake_rate: float = 0.5  # of the turns a habit applies to, the share played with it
-    first_index: int = 1000  # task indices below this are RL's train split: the bootstrap uses none of them
+    formats: tuple[tuple[str, float], ...] = (("hermes", 1.0),)
+    ood_share: float = 0.0  # dialogs of the held-out templates (the content-OOD suite's kind, other tasks)
+    mistake_rate: float = 0.0  # of the turns a habit applies to, the share played with it
+    first_index: int = 0  # 1000: task indices below it are RL's train split, the bootstrap then uses none
 
 
 def _ood_eval_contents(seed: int) -> set[str]:
