@@ -39,6 +39,20 @@ class SequenceBatch:
                              pick(self.sampling_logprobs), pick(self.origins), self.shaped_gamma,
                              self.hint_importance_cap, self.temperature)
 
+    def padded_to(self, size: int, pad_id: int, like: SequenceBatch) -> SequenceBatch:
+        """This batch with empty (all-masked) sequences appended up to ``size``; the optional fields get rows
+        where ``like`` has them (``like``, not this batch: this one may be empty)."""
+        while len(self) < size:
+            self.token_ids.append([pad_id] * 2)
+            self.loss_mask.append([0, 0])
+            if like.advantages:
+                self.advantages.append(0.0)
+            if like.sampling_logprobs:
+                self.sampling_logprobs.append([0.0, 0.0])
+            if like.origins:
+                self.origins.append("policy")
+        return self
+
     def tokens(self) -> int:
         return sum(sum(mask) for mask in self.loss_mask)
 

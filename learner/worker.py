@@ -102,17 +102,8 @@ class Learner:
         mine = list(range(self.rank, len(batch), self.world_size))
         if by_length:
             mine.sort(key=lambda i: len(batch.token_ids[i]))
-        share = batch.select(mine)
-        while len(share) < math.ceil(len(batch) / self.world_size):
-            share.token_ids.append([self.tokenizer.pad_token_id] * 2)
-            share.loss_mask.append([0, 0])
-            if batch.advantages:  # not share: a share may be empty (fewer sequences than ranks)
-                share.advantages.append(0.0)
-            if batch.sampling_logprobs:
-                share.sampling_logprobs.append([0.0, 0.0])
-            if batch.origins:
-                share.origins.append("policy")
-        return share
+        return batch.select(mine).padded_to(math.ceil(len(batch) / self.world_size), self.tokenizer.pad_token_id,
+                                            like=batch)
 
     def _micro_batches(self, batch: SequenceBatch):
         size = self.config.micro_batch_size
