@@ -35,7 +35,7 @@ from learner.models import (
     preset_config,
 )
 from rollout.envs import load_tasks
-from rollout.envs.synth import generate_task
+from rollout.envs.synth import content_key, generate_task
 from rollout.expert import expert_messages, ground_truth_results
 from rollout.formats import get_format
 from rollout.variants import mistaken_calls
@@ -56,24 +56,18 @@ class CorpusMix:
     first_index: int = 0  # 1000: task indices below it are RL's train split, the bootstrap then uses none
 
 
-def _ood_eval_contents(seed: int) -> set[str]:
-    return {json.dumps([t.turns, [[[c.name, c.arguments] for c in turn] for turn in t.ground_truth]], sort_keys=True)
-            for t in load_tasks("synth", "ood_content", seed=seed)}
-
-
 def mixed_stream(tokenizer, seed: int, mix: CorpusMix, counts: Counter | None = None):
-    """Dialogs of synth tasks outside RL's train split and outside the OOD eval tasks, in the mix's syntaxes,
-    some turns played with a habit; ``counts`` tallies formats, splits and habits for the card."""
+    """Dialogs of synth tasks from index ``mix.first_index`` on (never a content-OOD eval task), in the mix's
+    syntaxes, some turns played with a habit; ``counts`` tallies formats, splits and habits for the card."""
     rng, counts = random.Random(seed + 2), counts if counts is not None else Counter()
     formats = {name: get_format(name, descriptions=False) for name, _ in mix.formats}  # as the rollout default
-    held_out, index = _ood_eval_contents(seed), {"train": mix.first_index, "ood_content": mix.first_index}
+    held_out = {content_key(task) for task in load_tasks("synth", "ood_content", seed=seed)}
+    index = {"train": mix.first_index, "ood_content": mix.first_index}
     while True:
         split = "ood_content" if rng.random() < mix.ood_share else "train"
         task = generate_task(split, index[split], seed)
         index[split] += 1
-        if split == "ood_content" and json.dumps(
-                [task.turns, [[[c.name, c.arguments] for c in turn] for turn in task.ground_truth]],
-                sort_keys=True) in held_out:
+        if split == "ood_content" and content_key(task) in held_out:
             continue
         fmt = rng.choices([name for name, _ in mix.formats], weights=[w for _, w in mix.formats])[0]
         turns = []

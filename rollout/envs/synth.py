@@ -82,10 +82,14 @@ def _attempt(split: str, index: int, rng: random.Random) -> tuple[Task, list[str
     return task, [t.name for t in used]
 
 
+def content_key(task: Task) -> str:
+    """What makes two tasks the same task: their user turns and ground-truth calls."""
+    return json.dumps([task.turns, [[[c.name, c.arguments] for c in turn] for turn in task.ground_truth]],
+                      sort_keys=True)
+
+
 def _content_bucket(task: Task) -> int:
-    calls = [[[c.name, c.arguments] for c in turn] for turn in task.ground_truth]
-    digest = hashlib.sha256(json.dumps([task.turns, calls], sort_keys=True).encode()).hexdigest()
-    return int(digest, 16) % TEST_SHARE
+    return int(hashlib.sha256(content_key(task).encode()).hexdigest(), 16) % TEST_SHARE
 
 
 def _build(split: str, index: int, seed: int) -> tuple[Task, list[str]]:
