@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from learner.bootstrap import bootstrap
+from learner.bootstrap import CorpusMix, bootstrap
 from learner.card import EVAL_SAMPLE, greedy_rate
 from learner.models import CARD_NAME, default_policy, load_policy
 from rollout.config import RewardConfig, RolloutConfig
@@ -29,12 +29,15 @@ def test_committed_default_loads_and_matches_its_card():
 
 @pytest.mark.slow
 def test_short_bootstrap_writes_a_loadable_model_whose_loss_falls(tmp_path):
-    out = bootstrap(tmp_path / "policy", steps=20, batch_size=4, copy_batch_size=4, eval_tasks=4)
+    mix = CorpusMix((("hermes", 0.5), ("python", 0.5)), ood_share=0.2, mistake_rate=0.5, first_index=1000)
+    out = bootstrap(tmp_path / "policy", steps=20, batch_size=4, copy_batch_size=4, eval_tasks=4, mix=mix)
     card = json.loads((out / CARD_NAME).read_text())
     assert card["recipe"]["steps"] == 20 and len(card["loss_curve"]) == 10
     assert card["loss_curve"][-1] < card["loss_curve"][0] - 1.0
     assert card["eval_tasks"] == 4 and set(card["targets"]) >= {"greedy_15_50", "format_ood_10"}
-    assert card["corpus"]["turns/shortcut"] > 0 and card["corpus"]["turns/skip_setup"] > 0  # the habits are in
+    corpus = card["corpus"]  # the mix is what was trained on: habits, both syntaxes, held-out templates
+    assert corpus["turns/shortcut"] > 0 and corpus["turns/skip_setup"] > 0 and corpus["dialogs/train/python"] > 0
+    assert corpus["dialogs/ood_content/hermes"] + corpus["dialogs/ood_content/python"] > 0
     snapshots = sorted(p.name for p in (tmp_path / "policy-snapshots").iterdir())
     assert snapshots == ["step_10", "step_15", "step_5"]
     model, _ = load_policy(out)
