@@ -14,10 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from rollout.evaluate import Suite
-from rollout.passk import headroom_rows, headroom_summary
+from rollout.passk import SAMPLE_SEED, headroom_rows, headroom_summary
 from rollout.worker import RolloutPool
 
-SAMPLE_SEED = 1  # the model card's (learner/card.py), so the same tasks, K and T give the card's samples
 CAPTION = ("sampled: mean success of the K samples at temperature T; pass@k: chance that at least one of k "
            "samples succeeds (Chen et al. 2021's unbiased estimator from the K samples). pass@k far above "
            "greedy is headroom that RL can sharpen; pass@k equal to greedy leaves RL nothing to reinforce.")

@@ -14,7 +14,7 @@ from pathlib import Path
 from learner.models import CARD_NAME
 from rollout.config import EnvConfig, RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
-from rollout.passk import headroom_rows, headroom_summary
+from rollout.passk import SAMPLE_SEED, headroom_rows, headroom_summary
 
 EVAL_SAMPLE = 50  # the card's fixed sample: the first 50 tasks of synth/test (seed 0)
 SAMPLES, TEMPERATURE = 8, 1.0
@@ -51,7 +51,7 @@ def measure_card(model_dir: Path, eval_tasks: int = 200, ood_tasks: int = 100) -
     worker = RolloutWorker(str(model_dir), RolloutConfig(temperature=TEMPERATURE), RewardConfig())
     tasks = load_tasks("synth", EnvConfig().eval_split, seed=0, limit=eval_tasks)
     rows = headroom_rows(lambda groups, t: worker.run([r for g in groups for r in g], t), tasks, SAMPLES,
-                         TEMPERATURE, seed=1)
+                         TEMPERATURE, seed=SAMPLE_SEED)
     headroom = headroom_summary(rows, by="template")
     format_ood = greedy_rate(worker, tasks[:ood_tasks], fmt=OOD_FORMAT[RolloutConfig().format])
     content_ood = greedy_rate(worker, load_tasks("synth", "ood_content", seed=0, limit=ood_tasks))

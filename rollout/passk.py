@@ -15,6 +15,7 @@ from rollout.envs import Task
 from rollout.worker import EpisodeRequest, Trajectory, group_requests
 
 PASS_KS = (1, 2, 4, 8, 16, 32)
+SAMPLE_SEED = 1  # the sampled episodes' seed, shared by the model card and eval --samples (same draws)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
