@@ -223,7 +223,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
     other = args.other_syntaxes / 2
     mix = CorpusMix((("hermes", 1 - 2 * other), ("python", other), ("json", other)), args.ood_share,
-                    args.mistake_rate, args.first_index)
+                    args.mistake_rate, args.first_index, args.copy_max_number)
     out = bootstrap(Path(args.out), steps=args.steps, seed=args.seed, size=args.size, lr=args.lr,
                     batch_size=args.batch_size, init=Path(args.init) if args.init else None, mix=mix,
                     warmup=args.warmup)
@@ -369,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--ood-share", type=float, default=0.0, help="share of held-out-template dialogs (default: 0)")
     boot.add_argument("--mistake-rate", type=float, default=0.0, help="share of habit turns (default: 0)")
     boot.add_argument("--first-index", type=int, default=0, help="first synth task used; 1000 skips RL's (default: 0)")
+    boot.add_argument("--copy-max-number", type=int, default=999, help="copy drill's largest number (default: 999)")
     boot.set_defaults(run=cmd_bootstrap)
 
     submit = commands.add_parser("submit", help="run a launch.py command on a Ray cluster through the Job API")

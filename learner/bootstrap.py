@@ -54,6 +54,7 @@ class CorpusMix:
     ood_share: float = 0.0  # dialogs of the held-out templates (the content-OOD suite's kind, other tasks)
     mistake_rate: float = 0.0  # of the turns a habit applies to, the share played with it
     first_index: int = 0  # 1000: task indices below it are RL's train split, the bootstrap then uses none
+    copy_max_number: int = 999  # the copy drill's largest number; tasks also use 4-5 digit ids and amounts
 
 
 def mixed_stream(tokenizer, seed: int, mix: CorpusMix, counts: Counter | None = None):
@@ -79,25 +80,27 @@ def mixed_stream(tokenizer, seed: int, mix: CorpusMix, counts: Counter | None = 
         yield dialog_sequence(expert_messages(task, formats[fmt], turns), tokenizer)
 
 
-def copy_values() -> list:
-    """Every kind of argument value the synth tasks use: names, files, places, companies, numbers."""
+def copy_values(max_number: int = 999) -> list:
+    """Every kind of argument value the synth tasks use: names, files, places, companies, numbers (every one
+    below 1000, one id each, and as many again drawn up to ``max_number``, which take two or more ids)."""
     from rollout.envs import synth_templates as t
 
     words = [*t.WORDS, *t.FILE_NAMES, *t.DIRS, *t.NAMES, *t.HANDLES, *t.TOPICS, *t.COMPANIES, *t.CITIES,
              *t.CURRENCIES, *t.DOORS]
-    return [*words, *range(1000)]
+    large = random.Random(max_number).sample(range(1000, max_number + 1), 1000) if max_number >= 2000 else []
+    return [*words, *range(1000), *large]
 
 
 FILLER = ("please", "use", "the", "then", "with", "for", "and", "on", "my", "to", "of", "it", "now")
 
 
-def copy_stream(tokenizer, seed: int):
+def copy_stream(tokenizer, seed: int, max_number: int = 999):
     """Auxiliary copy task: values inside a sentence of filler words, the same values as JSON arguments.
 
     It drills the one skill SFT on dialogs does not teach a from-scratch model in minutes: taking a value
     out of the request (found by what it is, not by a key) instead of emitting the most frequent one.
     """
-    values, rng = copy_values(), random.Random(seed + 1)
+    values, rng = copy_values(max_number), random.Random(seed + 1)
     while True:
         picked = [rng.choice(values) for _ in range(rng.randint(1, 3))]
         words = []
@@ -162,7 +165,8 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
     counts: Counter = Counter()
     batches = length_sorted_batches(mixed_stream(tokenizer, seed, mix, counts), batch_size, pool=8,
                                     rng=random.Random(seed))
-    copies = length_sorted_batches(copy_stream(tokenizer, seed), copy_batch_size, pool=1, rng=random.Random(seed))
+    copies = length_sorted_batches(copy_stream(tokenizer, seed, mix.copy_max_number), copy_batch_size, pool=1,
+                                   rng=random.Random(seed))
     started, tokens, losses = time.perf_counter(), 0, []
     tenth, every = max(1, steps // 10), max(1, steps // snapshots) if snapshots else 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
