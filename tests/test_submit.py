@@ -69,7 +69,7 @@ def test_submit_runs_one_training_step_on_a_cluster(ray_head, tiny_model_dir, tm
     assert code == 0, out[-3000:]
     job_id = out.splitlines()[0].strip()
     assert job_id.startswith("raysubmit_")
-    assert "step 1 (rl" in out and " reward " in out and f"job {job_id}: SUCCEEDED" in out
+    assert "step 1 (rl" in out and "sampled success" in out and f"job {job_id}: SUCCEEDED" in out
     assert main(["jobs", "status", job_id, "--address", ray_head]) == 0
     assert capsys.readouterr().out.strip() == "SUCCEEDED"
     assert main(["jobs", "logs", job_id, "--address", ray_head]) == 0
