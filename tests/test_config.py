@@ -98,3 +98,10 @@ def test_readme_documents_every_config_field_and_cli_flag():
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):
                     assert flag in readme, f"launch.py {name} {flag} is not in README.md"
+
+
+def test_every_preset_validates():
+    presets = sorted(PRESET.parent.glob("*.yaml"))
+    assert len(presets) >= 12
+    for path in presets:
+        load_config(path)  # a ConfigError names the file's bad field
