@@ -28,6 +28,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from cluster.console import standard_error
+
 SUITE_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "content_ood": "eval/content_ood/success"}
 SUITE_STYLES = {"id": "-", "format_ood": "--", "content_ood": ":"}
 STATE_COLORS = {"healthy_tool_call": "#2ca02c", "healthy_response": "#1f77b4", "polluted": "#ff7f0e",
@@ -67,7 +69,7 @@ class Run:
         points = [r for r in self.records if r.get(key) is not None]
         if not all(r.get(tasks_key) for r in points):
             return None
-        return [math.sqrt(r[key] * (1 - r[key]) / r[tasks_key]) for r in points]
+        return [standard_error(r[key], r[tasks_key]) for r in points]
 
     def steps_where(self, key: str) -> list[int]:
         return [r["step"] for r in self.records if r.get(key) == 1.0]
