@@ -159,6 +159,8 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
     if init is not None:
         model, tokenizer = load_policy(init)
         recipe |= {"size": "from init", "vocab_size": len(tokenizer)}
+        if (Path(init) / CARD_NAME).is_file():  # the stages before this one, so the card holds the whole chain
+            recipe["init_recipe"] = json.loads((Path(init) / CARD_NAME).read_text())["recipe"]
     else:
         model, tokenizer = _new_model(size, seed, vocab_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
