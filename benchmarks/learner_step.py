@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 
 from learner.batch import SequenceBatch
-from learner.bootstrap import CorpusMix, mixed_stream
+from learner.bootstrap import CorpusMix, build_default_model, mixed_stream
 from learner.config import LearnerConfig
 from learner.diagnostics import control_values
-from learner.models import DEFAULT_POLICY, build_default_model
+from learner.models import DEFAULT_POLICY
 from learner.worker import Learner, free_port
 
 PHASES = ("sample", "supervise", "update", "sync", "observe")

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from cluster.local import init_ray
-from learner.models import build_default_model, load_policy
+from learner.bootstrap import build_default_model
+from learner.models import load_policy
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
 from rollout.worker import EpisodeRequest, LiveEpisode, RolloutPool, RolloutWorker, group_requests

@@ -17,8 +17,9 @@ from pathlib import Path
 from cluster.config import ToolRLConfig, dump_config
 from cluster.sampling import Draws, TaskSampler, draw_informative
 from learner.batch import SequenceBatch, rl_batch
-from learner.models import default_policy, load_tokenizer
+from learner.models import default_policy
 from learner.worker import LearnerGroup
+from rollout.chat import load_tokenizer
 from rollout.envs import load_tasks
 from rollout.evaluate import Suite, build_suite, evaluate_suites
 from rollout.structure import structure_shares

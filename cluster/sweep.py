@@ -320,7 +320,7 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def build_test_policy(path: Path) -> None:
-    from learner.models import build_default_model
+    from learner.bootstrap import build_default_model
 
     if not (path / "config.json").exists():
         build_default_model(path, size="tiny", seed=0, n_tasks=60)

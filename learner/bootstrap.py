@@ -5,40 +5,150 @@ of the request takes many more optimizer steps. The recipe therefore spends its 
 small steps over an unlimited stream of synth train tasks (new tasks, never a repeat), with untied
 input/output embeddings, and writes the result with a card that records the recipe and the greedy
 success measured through the real rollout path (vLLM). ``make train`` starts RL from the committed copy.
+
+Its start is toolrl's own default built from nothing: a byte-level BPE tokenizer trained on the task corpus
+(Qwen2.5 markup tokens and chat layout) and a randomly initialised Qwen2-architecture model, saved as an
+ordinary HF directory so transformers and vLLM load it like any downloaded checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers import Qwen2ForCausalLM
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from learner.batch import SequenceBatch, dialog_sequence
 from learner.card import measure_card
 from learner.losses import sequence_logprobs, sft_loss
-from learner.models import (
-    CARD_NAME,
-    atomic_directory,
-    build_tokenizer,
-    default_corpus,
-    load_policy,
-    preset_config,
-)
+from learner.models import CARD_NAME, atomic_directory, load_policy
+from rollout.chat import CHAT_TEMPLATE, IM_END, PAD, SPECIAL_TOKENS, render_dialog
 from rollout.envs import load_tasks
 from rollout.envs.synth import content_key, generate_task
 from rollout.expert import expert_messages, ground_truth_results
-from rollout.formats import get_format
+from rollout.formats import FORMATS, get_format
 from rollout.variants import mistaken_calls
+
+MAX_POSITIONS = 2048
+
+
+def _split_at_special_tokens(text: str) -> list[str]:
+    pieces = [text]
+    for token in SPECIAL_TOKENS:
+        pieces = [part for piece in pieces for part in piece.split(token)]
+    return pieces
+
+
+# Every digit chunk of one to three digits, leading zeros included, often enough for BPE to merge it whole.
+NUMBER_CHUNKS = [" ".join(f"{n:0{width}d}" for width in (1, 2, 3) for n in range(10**width))] * 8
+
+
+def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``corpus``, with the chat markup as single, never-split special tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    # Spaces are tokens of their own, so a word has one id whether it follows a space (in a request) or a
+    # quote (as a JSON argument): copying a value is then copying ids, which a small model learns quickly;
+    # with GPT-2 style " word" tokens it must also learn a mapping from " word" to "word" for every value.
+    # Digit runs are cut into chunks of at most three digits, and the corpus below holds every such chunk,
+    # so any number up to 999 (and "003" in "USR003") is one id: a tiny model copies one id far more
+    # reliably than a run of single-digit ids (measured: multi-digit values were most of its errors).
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ", "isolated"),
+        pre_tokenizers.Split(Regex(r"\d{1,3}"), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # The trainer does not extract added tokens, so the markup is cut out first: otherwise merges like
+    # "<tool_" would be learnt from it and spend vocabulary on strings that always encode as one id.
+    texts = itertools.chain((piece for text in corpus for piece in _split_at_special_tokens(text)), NUMBER_CHUNKS)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=IM_END,
+        pad_token=PAD,
+        bos_token=None,  # Qwen prepends nothing; every dialog starts with <|im_start|>
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def default_corpus(n_tasks: int, seed: int) -> list[str]:
+    """Expert dialogs of synth train tasks in every format, plus every BFCL train tool spec once."""
+    tasks = load_tasks("synth", "train", seed=seed, limit=n_tasks)
+    dialogs = [render_dialog(expert_messages(task, fmt)) for fmt in FORMATS.values() for task in tasks]
+    specs = {
+        json.dumps(spec, ensure_ascii=False, separators=(",", ":"))
+        for task in load_tasks("bfcl", "train", seed=seed)
+        for spec in [*task.tools, *(s for revealed in task.revealed_tools.values() for s in revealed)]
+    }
+    return dialogs + sorted(specs)
+
+
+SIZE_PRESETS: dict[str, dict] = {
+    "tiny": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 768},
+    "small": {"hidden_size": 512, "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4,
+              "intermediate_size": 1536},
+}
+
+
+def preset_config(size: str, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
+    if size not in SIZE_PRESETS:
+        raise ValueError(f"unknown model size {size!r}; choose from {', '.join(SIZE_PRESETS)}")
+    return Qwen2Config(
+        **SIZE_PRESETS[size],
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        max_position_embeddings=MAX_POSITIONS,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+
+
+def build_default_model(
+    out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, vocab_size: int = 4096, n_tasks: int = 300
+) -> Path:
+    """Tokenizer + randomly initialised Qwen2 written atomically to ``out_dir``; same arguments, same bytes."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} already exists and is not empty; refusing to overwrite a model")
+    tokenizer = build_tokenizer(default_corpus(n_tasks, seed), vocab_size)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(preset_config(size, tokenizer))
+    card = {
+        "size": size,
+        "seed": seed,
+        "vocab_size": len(tokenizer),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "corpus_n_tasks": n_tasks,
+    }
+    with atomic_directory(out_dir) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+    return out_dir
 
 
 @dataclass(frozen=True)

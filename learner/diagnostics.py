@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from learner.models import IM_END
+from rollout.chat import IM_END
 from rollout.formats import HermesFormat
 from rollout.types import ToolCall
 

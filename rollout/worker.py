@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learner.models import IM_END, load_tokenizer
+from rollout.chat import IM_END, load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import Episode, EpisodeResult, Task
 from rollout.formats import get_format

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learner.models import build_default_model
+from learner.bootstrap import build_default_model
 
 
 @pytest.fixture(scope="session")

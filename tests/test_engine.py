@@ -52,8 +52,9 @@ def test_learner_scores_tokens_at_the_sampling_temperature(ray_local):
     the in-process engine owns this process's torch.distributed group."""
     from learner.batch import SequenceBatch
     from learner.config import LearnerConfig
-    from learner.models import default_policy, load_tokenizer
+    from learner.models import default_policy
     from learner.worker import LearnerGroup
+    from rollout.chat import load_tokenizer
 
     policy = str(default_policy())
     tokenizer = load_tokenizer(policy)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from learner.models import default_policy, load_tokenizer
+from learner.models import default_policy
+from rollout.chat import load_tokenizer
 from rollout.config import EnvConfig, RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
 from rollout.envs.bfcl import scenario_index, scenario_split

@@ -133,7 +133,7 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir):
 
     init_ray()
     config = LearnerConfig(lr=1e-4, micro_batch_size=2, kl_coef=0.1, mini_batch_tasks=1, threads=1)
-    from learner.models import load_tokenizer
+    from rollout.chat import load_tokenizer
 
     vocab = len(load_tokenizer(tiny_model_dir))
     rl = random_batch(vocab, 5, seed=3)  # odd: rank 1 gets an empty padding sequence

@@ -11,8 +11,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig, LoraConfig
 from learner.lora import ADAPTER_DIR
-from learner.models import load_policy, load_tokenizer
+from learner.models import load_policy
 from learner.worker import Learner, free_port
+from rollout.chat import load_tokenizer
 from tests.test_learner import random_batch
 
 CONFIG = LearnerConfig(lr=1e-2, micro_batch_size=2, threads=1, lora=LoraConfig(rank=4))

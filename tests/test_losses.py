@@ -151,7 +151,7 @@ def test_entropy_and_sft_losses_by_hand():
 
 def test_loss_mask_follows_the_chat_layout(tiny_model_dir):
     """First generated token, the assistant's <|im_end|>, and nothing of the template around it."""
-    from learner.models import IM_END, load_tokenizer
+    from rollout.chat import IM_END, load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     messages = [{"role": "system", "content": "tools"}, {"role": "user", "content": "list files"}]

@@ -9,14 +9,9 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from learner.models import (
-    CARD_NAME,
-    SIZE_PRESETS,
-    SPECIAL_TOKENS,
-    build_default_model,
-    load_policy,
-    preset_config,
-)
+from learner.bootstrap import SIZE_PRESETS, build_default_model, preset_config
+from learner.models import CARD_NAME, load_policy
+from rollout.chat import SPECIAL_TOKENS
 from rollout.envs import load_tasks
 from rollout.expert import expert_messages
 from rollout.formats import FORMATS, get_format

@@ -9,7 +9,7 @@ from scripted import scripted_episode
 
 from cluster.config import load_config
 from cluster.sampling import TaskSampler, draw_informative
-from learner.models import load_tokenizer
+from rollout.chat import load_tokenizer
 from rollout.envs import load_tasks
 from supervision.supervisor import Supervisor
 

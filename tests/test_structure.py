@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scripted import CONFIG
 
-from learner.models import load_tokenizer
+from rollout.chat import load_tokenizer
 from rollout.config import RewardConfig
 from rollout.envs import load_tasks
 from rollout.formats import get_format

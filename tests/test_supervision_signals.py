@@ -11,7 +11,7 @@ import pytest
 from scripted import scripted_episode
 
 from learner.batch import dialog_sequence
-from learner.models import load_tokenizer
+from rollout.chat import load_tokenizer
 from rollout.config import RewardConfig
 from rollout.envs import load_tasks
 from rollout.expert import expert_messages

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scripted import scripted_episode
 
-from learner.models import load_tokenizer
+from rollout.chat import load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
 from rollout.expert import expert_messages
