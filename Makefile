@@ -31,6 +31,7 @@ train: setup
 	$(PY) launch.py train --set trainer.run_dir=$(RUN_DIR) $(ARGS)
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
