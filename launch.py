@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cluster.checkpoints import checkpoint_to_resume
 from cluster.config import ConfigError, check_model_dir, load_config
 from cluster.console import EVAL_CAPTION, eval_line, final_lines, progress_label, reward_is_success, step_line
 
@@ -149,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import ray  # heavy imports (torch, vLLM, Ray) only once the input is known good
 
     from cluster.local import init_ray
-    from cluster.scheduler import Scheduler, checkpoint_to_resume
+    from cluster.scheduler import Scheduler
 
     checkpoint_to_resume(config)  # a run directory problem is a one-line error before anything starts
     init_ray(args.address)

@@ -23,14 +23,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from cluster.console import PHASES
 from learner.batch import SequenceBatch
 from learner.bootstrap import CorpusMix, build_default_model, mixed_stream
 from learner.config import LearnerConfig
 from learner.diagnostics import control_values
 from learner.models import DEFAULT_POLICY
 from learner.worker import Learner, free_port
-
-PHASES = ("sample", "supervise", "update", "sync", "observe")
 
 
 def learner_rate(model_dir: str, sequences: int, length: int, repeats: int) -> float:

@@ -12,7 +12,7 @@ import math
 from cluster.config import ToolRLConfig
 
 SUITES = {"id": "eval/", "format_ood": "eval/format_ood/", "content_ood": "eval/content_ood/"}
-PHASES = ("sample", "supervise", "update", "sync", "observe")
+PHASES = ("sample", "supervise", "update", "sync", "observe", "eval", "checkpoint")
 SIGNALS = ("expert", "erroneous", "reflection")
 
 # "parse errors" beside "polluted 100 %" read as a contradiction under format_ood: the two count different

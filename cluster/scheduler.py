@@ -1,20 +1,20 @@
 """The Scheduler: owns the RolloutWorker pool and the Learner group, and runs the training loop.
 
 One ``train_step`` is the five phases of the design — sample → supervise → update → sync → observe —
-each timed. The class runs as a Ray actor under ``launch.py train`` (the driver only renders progress)
+then the periodic eval and checkpoint, each timed. The class runs as a Ray actor under ``launch.py train`` (the driver only renders progress)
 or in-process in tests; it is the same code either way.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from cluster.checkpoints import checkpoint_before, checkpoint_to_resume, save_checkpoint
 from cluster.config import ToolRLConfig, dump_config
+from cluster.metrics import step_metrics, time_metrics
 from cluster.sampling import Draws, TaskSampler, draw_informative
 from learner.batch import SequenceBatch, rl_batch
 from learner.models import default_policy
@@ -22,18 +22,12 @@ from learner.worker import LearnerGroup
 from rollout.chat import load_tokenizer
 from rollout.envs import load_tasks
 from rollout.evaluate import Suite, build_suite, evaluate_suites
-from rollout.structure import structure_shares
 from rollout.worker import RolloutPool, Trajectory, group_requests
 from supervision.alarm import AdaptiveState, Alarm, alarm_metrics
 from supervision.config import step_kind
 from supervision.supervisor import Supervisor
 
-LATEST = "latest"
 PROBE_SEQUENCES = 4  # sampled sequences the control-token probe of a step without an update looks at
-
-
-class RunDirectoryError(ValueError):
-    """The run directory holds another run; the message says how to resume or start elsewhere."""
 
 
 def eval_suites(config: ToolRLConfig) -> list[Suite]:
@@ -51,69 +45,6 @@ def render_trajectory(trajectory: Trajectory) -> str:
             + (f" failure: {result.failure}" if result.failure else ""))
     body = [f"[{m['role']}]\n{m['content']}" for m in trajectory.messages[1:]]  # the system prompt is the same every time
     return "\n\n".join([head, *body]) + "\n"
-
-
-def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
-    n = len(trajectories)
-    groups: dict[str, list[float]] = {}
-    for t in trajectories:
-        groups.setdefault(t.group_id, []).append(t.reward)
-    reward = sum(t.reward for t in trajectories) / n
-    messages = sum(m["role"] == "assistant" for t in trajectories for m in t.messages)
-    calls = sum(len(step) for t in trajectories for turn in t.calls for step in turn)
-    return {
-        "reward": reward,
-        # a collapsing reward spread is an early warning (RAGEN): GRPO's advantages vanish with it
-        "reward_std": math.sqrt(sum((t.reward - reward) ** 2 for t in trajectories) / n),
-        "success": sum(t.result.success for t in trajectories) / n,
-        "parse_error_rate": sum(t.parse_errors > 0 for t in trajectories) / n,
-        "truncated_rate": sum(t.truncated for t in trajectories) / n,
-        "response_tokens": sum(sum(t.loss_mask) for t in trajectories) / n,
-        # groups whose rewards are all equal have zero advantage: they teach GRPO nothing
-        "flat_group_share": sum(len(set(r)) == 1 for r in groups.values()) / len(groups),
-        "turns_per_episode": messages / n,  # assistant messages per episode
-        "tool_calls_per_message": calls / max(messages, 1),
-        **{f"structure/{state}": share for state, share in structure_shares(trajectories).items()},
-    }
-
-
-def save_checkpoint(learners, directory: Path, step: int, run_state: dict, keep: int) -> Path:
-    """``learners.save`` writes atomically; the ``latest`` pointer moves only once that has finished."""
-    name = f"step_{step:06d}"
-    learners.save(str(directory / name), run_state)
-    pointer = directory / f".{LATEST}.tmp"
-    pointer.write_text(name + "\n")
-    pointer.replace(directory / LATEST)
-    for old in sorted(p for p in directory.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory / name
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    pointer = directory / LATEST
-    return directory / pointer.read_text().strip() if pointer.exists() else None
-
-
-def checkpoint_before(directory: Path, step: int) -> Path | None:
-    """The newest complete checkpoint of a step before ``step`` (partial writes are hidden directories)."""
-    return max((p for p in directory.glob("step_*") if p.is_dir() and int(p.name.removeprefix("step_")) < step),
-               default=None)
-
-
-def checkpoint_to_resume(config: ToolRLConfig) -> Path | None:
-    """The checkpoint a run continues from (None for a new run); refuses to overwrite another run."""
-    run_dir = config.run_path()
-    if config.trainer.resume:
-        latest = latest_checkpoint(run_dir / "checkpoints")
-        if latest is None:
-            raise RunDirectoryError(f"trainer.resume: no checkpoint to resume in {run_dir / 'checkpoints'}")
-        return latest
-    if (run_dir / "metrics.jsonl").exists():
-        raise RunDirectoryError(
-            f"run directory {run_dir} already holds a run; resume it with --set trainer.resume=true "
-            "or pick another --set name=... / trainer.run_dir=..."
-        )
-    return None
 
 
 class Scheduler:
@@ -158,9 +89,9 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        trainer, sup = self.config.trainer, self.config.supervision
+        trainer = self.config.trainer
         self.step += 1
-        kind = step_kind(sup, self.step, self.adaptive.sft_steps_left)  # rl | sft | combined, from the schedule
+        kind = step_kind(self.config.supervision, self.step, self.adaptive.sft_steps_left)  # rl | sft | combined
         timings: dict[str, float] = {}
         # sample: G episodes for each drawn task, with further draws under dynamic sampling; an SFT step
         # samples nothing
@@ -171,11 +102,7 @@ class Scheduler:
         with _timed(timings, "supervise"):
             batch, supervision_metrics = (self.supervisor.transform(trajectories, drawn.tasks, drawn.train_groups)
                                           if trajectories else (None, {}))
-            sft, sft_counts = None, {}
-            if kind != "rl":
-                size = {"sft_then_rl": sup.sft_then_rl.sft_batch_size, "sync": sup.sync.sft_batch_size,
-                        "interleaved": sup.interleaved.sft_batch_size, "adaptive": sup.adaptive.sft_batch_size}[sup.mode]
-                sft, sft_counts = self.supervisor.sft_batch(size)
+            sft, sft_counts = self._sft_batch(kind)
         # update: GRPO, SFT, or one step on L_rl + λ·L_sft (old logprobs recomputed under the current weights)
         with _timed(timings, "update"):
             learner_metrics = self._update(kind, batch, sft)
@@ -184,32 +111,46 @@ class Scheduler:
         with _timed(timings, "sync"):
             if updated:
                 self.pool.update_weights(self.learners.state_dict_for_rollout())
-        # observe: metrics, the alarm (and mode adaptive's reaction to it), samples, periodic eval, checkpoint
+        # observe: metrics, the alarm (and mode adaptive's reaction to it), samples
         with _timed(timings, "observe"):
-            probed = bool(trajectories) and not any(key.startswith("control/") for key in learner_metrics)
-            if probed:  # no update saw these samples (every group flat, as after a collapse): still watch them
-                learner_metrics |= self.learners.control_probe(self._probe_batch(trajectories))
-            metrics = {**(rollout_metrics(trajectories) if trajectories else {}), **drawn.metrics,
-                       **supervision_metrics, **sft_counts,
-                       **learner_metrics, **{f"update/{k}": float(k == kind) for k in ("rl", "sft", "combined")},
-                       "update/skipped": float(not updated), "diagnostics/probed": float(probed)}
-            if sup.alarm.enabled:
-                reasons = self.alarm.observe(metrics)
-                metrics.update(alarm_metrics(reasons))
-                if sup.mode == "adaptive":
-                    metrics.update(self._adapt(kind, bool(reasons)))
-            self._write_samples(trajectories)
-            last = self.step == trainer.total_steps
+            metrics = self._observe(kind, drawn, {**supervision_metrics, **sft_counts}, learner_metrics, updated)
+        # periodic eval and checkpoint, timed apart: they take far longer than observing, on some steps only
+        last = self.step == trainer.total_steps
+        with _timed(timings, "eval"):
             if trainer.eval_every and (self.step % trainer.eval_every == 0 or last):
                 metrics.update(self.evaluate())
+        with _timed(timings, "checkpoint"):
             if last or (trainer.save_every and self.step % trainer.save_every == 0):
                 self.save()
-        metrics.update({f"time/{phase}_s": seconds for phase, seconds in timings.items()})
-        metrics["time/step_s"] = sum(timings.values())
         trained_tokens = (batch.tokens() if batch and kind != "sft" else 0) + (sft.tokens() if sft else 0)
-        metrics["tokens_per_s/learner"] = trained_tokens / max(timings["update"], 1e-9)
+        metrics.update(time_metrics(timings, trained_tokens))
         self._log(metrics)
         return {"step": self.step, **metrics}
+
+    def _sft_batch(self, kind: str) -> tuple[SequenceBatch | None, dict[str, float]]:
+        """This step's SFT data, as many sequences as the mode's sft_batch_size (none for an RL step)."""
+        if kind == "rl":
+            return None, {}
+        sup = self.config.supervision
+        size = {"sft_then_rl": sup.sft_then_rl.sft_batch_size, "sync": sup.sync.sft_batch_size,
+                "interleaved": sup.interleaved.sft_batch_size, "adaptive": sup.adaptive.sft_batch_size}[sup.mode]
+        return self.supervisor.sft_batch(size)
+
+    def _observe(self, kind: str, drawn: Draws, supervision_metrics: dict[str, float],
+                 learner_metrics: dict[str, float], updated: bool) -> dict[str, float]:
+        """The step's metrics with the alarm's verdict (and mode adaptive's reaction); writes the samples."""
+        sup, trajectories = self.config.supervision, drawn.trajectories
+        probed = bool(trajectories) and not any(key.startswith("control/") for key in learner_metrics)
+        if probed:  # no update saw these samples (every group flat, as after a collapse): still watch them
+            learner_metrics |= self.learners.control_probe(self._probe_batch(trajectories))
+        metrics = step_metrics(kind, drawn, supervision_metrics, learner_metrics, updated, probed)
+        if sup.alarm.enabled:
+            reasons = self.alarm.observe(metrics)
+            metrics.update(alarm_metrics(reasons))
+            if sup.mode == "adaptive":
+                metrics.update(self._adapt(kind, bool(reasons)))
+        self._write_samples(trajectories)
+        return metrics
 
     def _sample(self) -> Draws:
         """This step's groups (hints go into some prompts). Seeds and group ids derive from the step and the

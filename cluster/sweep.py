@@ -151,7 +151,7 @@ def is_finished(run: PlannedRun) -> bool:
 
 def prepare(run: PlannedRun) -> ToolRLConfig:
     """The config to train this unfinished run with: resume from its checkpoint, or start (over)."""
-    from cluster.scheduler import latest_checkpoint
+    from cluster.checkpoints import latest_checkpoint
 
     run_dir = run.run_dir
     if (run_dir / "config.yaml").exists():

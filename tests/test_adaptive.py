@@ -35,7 +35,8 @@ def _logged(run_dir) -> list[dict]:
 
 @pytest.mark.slow
 def test_collapse_raises_the_alarm_then_sft_then_rl_again_and_resume_keeps_the_state(ray_local, tmp_path):
-    from cluster.scheduler import Scheduler, latest_checkpoint
+    from cluster.checkpoints import latest_checkpoint
+    from cluster.scheduler import Scheduler
 
     run_dir = tmp_path / "run"
     scheduler = Scheduler(_config(run_dir))

@@ -15,7 +15,7 @@ import torch
 CHILD = """
 import sys
 from pathlib import Path
-from cluster.scheduler import save_checkpoint
+from cluster.checkpoints import save_checkpoint
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig
 from learner.worker import Learner, free_port
@@ -36,7 +36,7 @@ while True:  # keep writing: the parent kills us in the middle of one of these
 
 @pytest.mark.slow
 def test_killed_checkpoint_write_leaves_the_previous_checkpoint_loadable(tiny_model_dir, tmp_path):
-    from cluster.scheduler import latest_checkpoint
+    from cluster.checkpoints import latest_checkpoint
     from learner.config import LearnerConfig
     from learner.models import load_policy
     from learner.worker import Learner

@@ -161,6 +161,7 @@ def test_sweep_checks_its_presets_models_before_anything_heavy(tmp_path):
 
 
 STEP = {"time/sample_s": 3.0, "time/supervise_s": 0.1, "time/update_s": 2.0, "time/sync_s": 0.2, "time/observe_s": 0.1,
+        "time/eval_s": 0.0, "time/checkpoint_s": 0.0,
         "update/rl": 0.0, "update/sft": 0.0, "update/combined": 0.0, "update/skipped": 0.0}
 
 

@@ -28,7 +28,8 @@ def _logged(run_dir) -> list[dict]:
 
 @pytest.mark.slow
 def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(ray_local, tiny_model_dir, tmp_path):
-    from cluster.scheduler import Scheduler, latest_checkpoint
+    from cluster.checkpoints import latest_checkpoint
+    from cluster.scheduler import Scheduler
     from learner.batch import rl_batch
     from learner.losses import sequence_logprobs
     from learner.models import load_policy
@@ -78,7 +79,8 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(ray_loc
 
 @pytest.mark.slow
 def test_resumed_run_repeats_the_uninterrupted_run(ray_local, tiny_model_dir, tmp_path):
-    from cluster.scheduler import RunDirectoryError, Scheduler
+    from cluster.checkpoints import RunDirectoryError
+    from cluster.scheduler import Scheduler
 
     def run(run_dir, steps: int, *extra: str) -> None:
         scheduler = Scheduler(_config(tiny_model_dir, run_dir, "trainer.eval_every=0", *extra))
@@ -155,7 +157,8 @@ def test_a_step_without_an_update_still_reports_the_control_tokens(ray_local, tm
 def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly(ray_local, tmp_path):
     """The default policy on one task a step: most groups of 4 are flat, so steps draw again, up to the cap.
     A run stopped after step 1's checkpoint and resumed repeats step 2, its further draws included."""
-    from cluster.scheduler import LATEST, Scheduler
+    from cluster.checkpoints import LATEST
+    from cluster.scheduler import Scheduler
 
     def config(run_dir, *extra: str):
         return load_config(None, [
