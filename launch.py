@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cluster.checkpoints import checkpoint_to_resume
 from cluster.config import ConfigError, check_model_dir, load_config
-from cluster.console import EVAL_CAPTION, eval_line, final_lines, progress_label, reward_is_success, step_line
+from cluster.console import eval_line, final_lines, progress_label, reward_is_success, step_line
 
 # piped output (logs, CI) gets a wide console: rich's 80-column default folds the eval table's headers
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -101,6 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("--temperature is the sampling temperature: give --samples K too")
     temperature = args.temperature or config.rollout.temperature  # --temperature is above 0 when given
     # heavy imports (torch, vLLM, Ray) only once the input is known good
+    from cluster.console import EVAL_CAPTION, eval_table
     from cluster.headroom import sample_rows, summaries, tables
     from cluster.local import init_ray
     from learner.models import default_policy
@@ -120,13 +121,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.samples:
             sampled = sample_rows(pool, suite, rows, args.samples, temperature, 8 * config.rollout.workers, progress)
     summary = summarize(rows)
-    states = [key.removeprefix("structure/") for key in summary["all"] if key.startswith("structure/")]
-    table = _table(f"{suite.name}: {suite.env}/{suite.split}, format {suite.format}, greedy, model {model}",
-                   ("category", "tasks", "success", "turn accuracy", "unparsable call", *states))
+    columns, cells = eval_table(summary)
+    table = _table(f"{suite.name}: {suite.env}/{suite.split}, format {suite.format}, greedy, model {model}", columns)
     table.caption = EVAL_CAPTION
-    for name, row in summary.items():
-        table.add_row(name, str(row["tasks"]), f"{row['success']:.1%}", f"{row['turn_accuracy']:.1%}",
-                      f"{row['parse_error_rate']:.1%}", *(f"{row[f'structure/{state}']:.1%}" for state in states))
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
     if args.samples:
         headroom = summaries(suite, sampled)

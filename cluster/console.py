@@ -22,6 +22,16 @@ EVAL_CAPTION = ("unparsable call: share of tasks with a call in the tested synta
                 "of assistant messages.")
 
 
+def eval_table(summary: dict[str, dict]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The greedy eval table of ``launch.py eval``: its columns, and a row of cells per category of ``summary``
+    (rollout.evaluate.summarize) with the share of assistant messages in each structure state."""
+    states = [key.removeprefix("structure/") for key in summary["all"] if key.startswith("structure/")]
+    columns = ("category", "tasks", "success", "turn accuracy", "unparsable call", *states)
+    return columns, [[name, str(row["tasks"]), f"{row['success']:.1%}", f"{row['turn_accuracy']:.1%}",
+                      f"{row['parse_error_rate']:.1%}", *(f"{row[f'structure/{state}']:.1%}" for state in states)]
+                     for name, row in summary.items()]
+
+
 def reward_is_success(config: ToolRLConfig) -> bool:
     """Under the binary reward without a format penalty the sampled reward is the success rate: print one."""
     reward = config.env.reward
