@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -27,10 +28,12 @@ def _progress(transient: bool = True) -> Progress:
     return Progress(*columns, console=console, transient=transient)
 
 
-def _table(title: str, columns: tuple[str, ...]) -> Table:
-    table = Table(title=title)
+def _table(title: str, columns: tuple[str, ...], rows: Sequence[Sequence[str]] = (), caption: str | None = None) -> Table:
+    table = Table(title=title, caption=caption)
     for column in columns:
         table.add_column(column, justify="left" if column == columns[0] else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -121,12 +124,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.samples:
             sampled = sample_rows(pool, suite, rows, args.samples, temperature, 8 * config.rollout.workers, progress)
     summary = summarize(rows)
-    columns, cells = eval_table(summary)
-    table = _table(f"{suite.name}: {suite.env}/{suite.split}, format {suite.format}, greedy, model {model}", columns)
-    table.caption = EVAL_CAPTION
-    for row in cells:
-        table.add_row(*row)
-    console.print(table)
+    console.print(_table(f"{suite.name}: {suite.env}/{suite.split}, format {suite.format}, greedy, model {model}",
+                         *eval_table(summary), caption=EVAL_CAPTION))
     if args.samples:
         headroom = summaries(suite, sampled)
         for drawn in tables(suite, headroom, args.samples, temperature):
@@ -186,7 +185,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from cluster.sweep import COLUMNS, load_preset, plan, run_sweep, table_cells
+    from cluster.comparison import COLUMNS, table_cells
+    from cluster.sweep import load_preset, plan, run_sweep
 
     out = Path(args.out or f"runs/sweep-{Path(args.preset).stem}{'-quick' if args.quick else ''}")
     preset = load_preset(args.preset)
@@ -209,11 +209,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 progress.advance(bar)
 
         rows = run_sweep(args.preset, out, args.seeds, args.quick, on_run, on_step, args.parallel)
-    table = _table(f"sweep {args.preset}{' (quick)' if args.quick else ''}: final greedy eval, mean ± std over seeds",
-                   COLUMNS)
-    for row in rows:
-        table.add_row(*table_cells(row))
-    console.print(table)
+    console.print(_table(f"sweep {args.preset}{' (quick)' if args.quick else ''}: final greedy eval, mean ± std over "
+                         "seeds", COLUMNS, [table_cells(row) for row in rows]))
     console.print(f"comparison: {out / 'comparison.md'}, {out / 'comparison.json'}", highlight=False)
     return 0
 

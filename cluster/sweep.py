@@ -7,20 +7,14 @@ consecutive runs that can share RolloutWorker and Learner actors do (``Actors``)
 from the model files. A finished
 run (its metrics.jsonl has the last step with its final eval) is not redone; an unfinished one resumes from
 its checkpoint (one that died before its first checkpoint starts over). The starting policy is evaluated
-once (``SWEEP_DIR/start.json``): the row every configuration is compared with.
-
-The comparison, per configuration (mean ± sample std over seeds): final eval success of the id,
-format-OOD and content-OOD suites; collapse rate (share of runs with ``alarm`` = 1 at some step; 0 when no
-run logged the key); the largest control-token spike (``control/call_open/{im_end,tool_call}/max`` over all
-steps and runs; n/a when absent); wall time per run (seconds of the sweep's attempts at it, start-up
-included; building the shared actors counts in the first run on them).
+once (``SWEEP_DIR/start.json``): the row every configuration is compared with; the comparison is
+cluster/comparison.py's.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import threading
 import time
 from collections import deque
@@ -32,14 +26,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cluster.comparison import WALL_FILE, run_records, write_comparison
 from cluster.config import ConfigError, ToolRLConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SUCCESS_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "content_ood": "eval/content_ood/success"}
-SPIKE_KEYS = ("control/call_open/im_end/max", "control/call_open/tool_call/max")
-WALL_FILE = "sweep_wall.json"
-
-
 class Configuration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -138,15 +128,9 @@ def plan(preset: SweepPreset, sweep_dir: Path, seeds: int | None = None, quick: 
     return runs
 
 
-def _records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def is_finished(run: PlannedRun) -> bool:
     total = run.config.trainer.total_steps
-    return any(r["step"] == total and any(k.startswith("eval/") for k in r) for r in _records(run.run_dir))
+    return any(r["step"] == total and any(k.startswith("eval/") for k in r) for r in run_records(run.run_dir))
 
 
 def prepare(run: PlannedRun) -> ToolRLConfig:
@@ -252,73 +236,6 @@ def evaluate_start(config: ToolRLConfig, actors: Actors, path: Path) -> dict[str
     return metrics
 
 
-def run_outcome(run: PlannedRun) -> dict:
-    """What the comparison needs from one finished run's metrics.jsonl."""
-    records = _records(run.run_dir)
-    final = next(r for r in reversed(records) if r["step"] == run.config.trainer.total_steps)
-    spikes = [r[k] for r in records for k in SPIKE_KEYS if r.get(k) is not None]
-    wall = run.run_dir / WALL_FILE
-    return {
-        "configuration": run.configuration, "seed": run.seed, "run_dir": str(run.run_dir),
-        **{suite: final.get(key) for suite, key in SUCCESS_KEYS.items()},
-        "collapsed": any(r.get("alarm") == 1.0 for r in records),
-        "max_spike": max(spikes) if spikes else None,
-        "wall_s": sum(json.loads(wall.read_text())["attempts"]) if wall.exists() else None,
-    }
-
-
-def _mean_std(values: list) -> tuple[float | None, float | None]:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None, None
-    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None
-
-
-def compare(outcomes: list[dict], start: dict[str, float] | None = None) -> list[dict]:
-    """One row per configuration (in order of first appearance), plus the starting policy's first."""
-    rows = []
-    if start is not None:
-        rows.append({"configuration": "start (no training)", "runs": 0,
-                     **{suite: {"mean": start.get(key), "std": None} for suite, key in SUCCESS_KEYS.items()},
-                     "collapse_rate": None, "max_spike": None, "wall_s": None})
-    for name in dict.fromkeys(o["configuration"] for o in outcomes):
-        members = [o for o in outcomes if o["configuration"] == name]
-        row: dict = {"configuration": name, "runs": len(members)}
-        for suite in SUCCESS_KEYS:
-            mean, std = _mean_std([o[suite] for o in members])
-            row[suite] = {"mean": mean, "std": std}
-        row["collapse_rate"] = sum(o["collapsed"] for o in members) / len(members)
-        spikes = [o["max_spike"] for o in members if o["max_spike"] is not None]
-        row["max_spike"] = max(spikes) if spikes else None
-        row["wall_s"] = _mean_std([o["wall_s"] for o in members])[0]
-        rows.append(row)
-    return rows
-
-
-COLUMNS = ("configuration", "runs", "ID success %", "format-OOD %", "content-OOD %", "collapse rate",
-           "max spike", "wall s/run")
-
-
-def table_cells(row: dict) -> list[str]:
-    """The row as text: success in percent, mean ± std over seeds (no ± for one seed); n/a when absent."""
-    def success(cell: dict) -> str:
-        if cell["mean"] is None:
-            return "n/a"
-        return f"{100 * cell['mean']:.1f}" + (f" ± {100 * cell['std']:.1f}" if cell["std"] is not None else "")
-
-    def number(value, form: str) -> str:
-        return "n/a" if value is None else format(value, form)
-
-    return [row["configuration"], str(row["runs"]), *(success(row[s]) for s in SUCCESS_KEYS),
-            number(row["collapse_rate"], ".2f"), number(row["max_spike"], ".3g"), number(row["wall_s"], ".0f")]
-
-
-def markdown(rows: list[dict], title: str) -> str:
-    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def build_test_policy(path: Path) -> None:
     from learner.bootstrap import build_default_model
 
@@ -398,9 +315,5 @@ def run_sweep(preset_name: str, sweep_dir: Path, seeds: int | None, quick: bool,
         if run.run_dir not in pending:
             on_run(index, len(runs), run, "finished")
     _lanes(runs, pending, lanes, first, on_run, on_step)
-    outcomes = [run_outcome(run) for run in runs]
-    rows = compare(outcomes, json.loads(start_path.read_text()))
     title = f"sweep {preset_name}{' (quick)' if quick else ''}: {len(runs)} runs, {lanes} at a time"
-    (sweep_dir / "comparison.json").write_text(json.dumps({"title": title, "rows": rows, "runs": outcomes}, indent=1) + "\n")
-    (sweep_dir / "comparison.md").write_text(markdown(rows, title))
-    return rows
+    return write_comparison(sweep_dir, title, runs, json.loads(start_path.read_text()))
