@@ -193,7 +193,7 @@ def mixed_stream(tokenizer, seed: int, mix: CorpusMix, counts: Counter | None = 
 def copy_values(max_number: int = 999) -> list:
     """Every kind of argument value the synth tasks use: names, files, places, companies, numbers (every one
     below 1000, one id each, and as many again drawn up to ``max_number``, which take two or more ids)."""
-    from rollout.envs import synth_templates as t
+    from rollout.envs import synth_scene as t
 
     words = [*t.WORDS, *t.FILE_NAMES, *t.DIRS, *t.NAMES, *t.HANDLES, *t.TOPICS, *t.COMPANIES, *t.CITIES,
              *t.CURRENCIES, *t.DOORS]

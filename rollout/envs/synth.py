@@ -21,7 +21,8 @@ from functools import cache
 
 from rollout.envs.base import Task
 from rollout.envs.bfcl import class_tools
-from rollout.envs.synth_templates import SCENARIOS, TEMPLATES, Scene, Skip, Template
+from rollout.envs.synth_scene import SCENARIOS, Scene, Skip
+from rollout.envs.synth_templates import TEMPLATES, Template
 from rollout.types import ToolCall
 
 SPLITS = ("train", "test", "ood_content")
