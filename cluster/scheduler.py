@@ -17,8 +17,8 @@ from cluster.config import ToolRLConfig, dump_config
 from cluster.metrics import step_metrics, time_metrics
 from cluster.sampling import Draws, TaskSampler, draw_informative
 from learner.batch import SequenceBatch, rl_batch
+from learner.group import LearnerGroup
 from learner.models import default_policy
-from learner.worker import LearnerGroup
 from rollout.chat import load_tokenizer
 from rollout.envs import load_tasks
 from rollout.evaluate import Suite, build_suite, evaluate_suites

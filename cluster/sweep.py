@@ -176,8 +176,8 @@ class Actors:
         self.key, self.pool, self.learners = None, None, None
 
     def for_run(self, config: ToolRLConfig):
+        from learner.group import LearnerGroup
         from learner.models import default_policy
-        from learner.worker import LearnerGroup
         from rollout.worker import RolloutPool
 
         if actor_key(config) != self.key:

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +36,17 @@ from learner.models import atomic_directory, load_policy
 
 TRAINER_STATE = "trainer_state.pt"
 RUN_STATE = "run_state.json"
+
+
+@dataclass
+class RLMiniBatch:
+    """One RL optimizer step's data on this rank: its share of the mini-batch, the old and reference
+    logprobs of each of its micro-batches, and the loss denominator of the whole mini-batch."""
+
+    batch: SequenceBatch
+    old_logprobs: list[torch.Tensor]
+    ref_logprobs: list[torch.Tensor]
+    denominator: float
 
 
 def _shard(model: torch.nn.Module) -> torch.nn.Module:
@@ -133,15 +146,12 @@ class Learner:
         return peak * (min(1.0, (self.optimizer_step + 1) / warmup) if warmup else 1.0)
 
     # ---- one optimizer step -----------------------------------------------------------------------------
-    def _optimizer_step(self, rl: tuple[SequenceBatch, list, list] | None, sft: SequenceBatch | None,
-                        sft_weight: float, peak_lr: float, denominators: tuple[float, float],
-                        control: list | None = None) -> dict[str, float]:
+    def _optimizer_step(self, rl: RLMiniBatch | None, sft: SequenceBatch | None, sft_weight: float, peak_lr: float,
+                        sft_denominator: float = 1.0, control: list | None = None) -> dict[str, float]:
         """Accumulate gradients of ``L_rl + sft_weight · L_sft`` over micro-batches, clip, step (or skip).
 
         ``control`` collects each RL micro-batch's control-token values (learner.diagnostics).
         """
-        cfg = self.config
-        losses = {"pg_loss": 0.0, "sft_loss": 0.0}  # this rank's share of each loss, summed over micro-batches
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
@@ -151,37 +161,12 @@ class Learner:
                 counts[key] = counts.get(key, 0) + 1
 
         self.optimizer.zero_grad(set_to_none=True)
+        losses = {"pg_loss": 0.0, "sft_loss": 0.0}  # this rank's share of each loss, summed over micro-batches
         if rl is not None:
-            batch, old_logprobs, ref_logprobs = rl
-            for index, (part, ids, attention, mask) in enumerate(self._micro_batches(batch)):
-                logits = self._logits(self.model, ids, attention, batch.temperature)
-                logprobs = sequence_logprobs(logits, ids)
-                advantages = torch.tensor(part.advantages, device=self.device)
-                shaped, weights = self._off_policy_terms(part, old_logprobs[index])
-                loss, metrics = policy_loss(logprobs, old_logprobs[index], advantages, mask, cfg.clip_low,
-                                            cfg.clip_high, cfg.dual_clip, cfg.aggregation, denominators[0],
-                                            shaped, part.shaped_gamma or 0.0, weights)
-                losses["pg_loss"] += loss.item()
-                record(metrics)
-                if control is not None:
-                    control.append(control_values(logits, ids, mask, advantages, self.control_tokens))
-                entropy, entropy_metrics = entropy_loss(token_entropy(logits), mask, cfg.aggregation, denominators[0])
-                record(entropy_metrics)
-                if cfg.entropy_coef:
-                    loss = loss - cfg.entropy_coef * entropy
-                if self.reference is not None:
-                    kl, kl_metrics = kl_loss(logprobs, ref_logprobs[index], mask, cfg.aggregation, denominators[0])
-                    record(kl_metrics)
-                    loss = loss + cfg.kl_coef * kl
-                loss.backward()
+            losses["pg_loss"] = self._rl_backward(rl, record, control)
         if sft is not None:
-            for _, ids, attention, mask in self._micro_batches(sft):
-                logprobs = sequence_logprobs(self._logits(self.model, ids, attention), ids)
-                loss, metrics = sft_loss(logprobs, mask, cfg.aggregation, denominators[1])
-                losses["sft_loss"] += loss.item()
-                record({"sft_nll": metrics["sft_nll"]})
-                (sft_weight * loss).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            losses["sft_loss"] = self._sft_backward(sft, sft_weight, sft_denominator, record)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         lr = self._lr(peak_lr)
         if math.isfinite(grad_norm):  # every rank sees the same global norm, so all skip together
@@ -198,6 +183,46 @@ class Learner:
         present = {"pg_loss": rl is not None, "sft_loss": sft is not None}
         averaged = {key: sums[key] / counts[key] for key in sums}
         return {**averaged, **{k: v for k, v in losses.items() if present[k]}, "grad_norm": grad_norm, "lr": lr, "skipped_steps": float(self.skipped_steps)}
+
+    def _rl_backward(self, rl: RLMiniBatch, record: Callable[[dict[str, float]], None],
+                     control: list | None) -> float:
+        """Gradients of the policy loss (with the entropy and KL terms) over ``rl``'s micro-batches; returns
+        this rank's summed policy loss."""
+        cfg, batch, total = self.config, rl.batch, 0.0
+        for index, (part, ids, attention, mask) in enumerate(self._micro_batches(batch)):
+            logits = self._logits(self.model, ids, attention, batch.temperature)
+            logprobs = sequence_logprobs(logits, ids)
+            advantages = torch.tensor(part.advantages, device=self.device)
+            shaped, weights = self._off_policy_terms(part, rl.old_logprobs[index])
+            loss, metrics = policy_loss(logprobs, rl.old_logprobs[index], advantages, mask, cfg.clip_low,
+                                        cfg.clip_high, cfg.dual_clip, cfg.aggregation, rl.denominator,
+                                        shaped, part.shaped_gamma or 0.0, weights)
+            total += loss.item()
+            record(metrics)
+            if control is not None:
+                control.append(control_values(logits, ids, mask, advantages, self.control_tokens))
+            entropy, entropy_metrics = entropy_loss(token_entropy(logits), mask, cfg.aggregation, rl.denominator)
+            record(entropy_metrics)
+            if cfg.entropy_coef:
+                loss = loss - cfg.entropy_coef * entropy
+            if self.reference is not None:
+                kl, kl_metrics = kl_loss(logprobs, rl.ref_logprobs[index], mask, cfg.aggregation, rl.denominator)
+                record(kl_metrics)
+                loss = loss + cfg.kl_coef * kl
+            loss.backward()
+        return total
+
+    def _sft_backward(self, sft: SequenceBatch, weight: float, denominator: float,
+                      record: Callable[[dict[str, float]], None]) -> float:
+        """Gradients of ``weight`` × the SFT loss over ``sft``'s micro-batches; returns this rank's summed loss."""
+        total = 0.0
+        for _, ids, attention, mask in self._micro_batches(sft):
+            logprobs = sequence_logprobs(self._logits(self.model, ids, attention), ids)
+            loss, metrics = sft_loss(logprobs, mask, self.config.aggregation, denominator)
+            total += loss.item()
+            record({"sft_nll": metrics["sft_nll"]})
+            (weight * loss).backward()
+        return total
 
     def _off_policy_terms(self, part: SequenceBatch, old: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Which rows take the shaped objective, and the hint rows' truncated importance weights."""
@@ -220,7 +245,7 @@ class Learner:
         size = size or len(batch) or 1
         return [batch.select(list(range(s, min(s + size, len(batch))))) for s in range(0, len(batch), size)]
 
-    def _rl_parts(self, batch: SequenceBatch, group_size: int):
+    def _rl_parts(self, batch: SequenceBatch, group_size: int) -> tuple[list[RLMiniBatch], list[float]]:
         """Mini-batches of whole groups, each with this rank's share and its old/reference logprobs.
 
         Also returns how far the engine's sampling logprobs are from the learner's: near zero when the
@@ -231,7 +256,7 @@ class Learner:
             local = self._local(mini)
             old = self._logprobs(self.model, local)  # recomputed under the current weights, as verl does
             ref = self._logprobs(self.reference, local) if self.reference is not None else []
-            prepared.append(((local, old, ref), self._denominator(mini)))
+            prepared.append(RLMiniBatch(local, old, ref, self._denominator(mini)))
             if local.sampling_logprobs:
                 rows = [row for part in old for row in part]
                 for i, (row, sampled, mask) in enumerate(zip(rows, local.sampling_logprobs, local.loss_mask)):
@@ -255,8 +280,8 @@ class Learner:
         after alarms)."""
         prepared, differences = self._rl_parts(batch, group_size)
         control: list = []  # control-token values of every micro-batch of the step
-        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr * lr_scale, (denominator, 1.0), control)
-                   for _ in range(self.config.ppo_epochs) for rl, denominator in prepared]
+        metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr * lr_scale, control=control)
+                   for _ in range(self.config.ppo_epochs) for rl in prepared]
         return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
 
     @torch.no_grad()
@@ -276,7 +301,7 @@ class Learner:
         peak = (lr or self.config.sft_lr or self.config.lr) * lr_scale
         metrics = []
         for mini in self._mini_batches(batch, self.config.sft_mini_batch_size):
-            metrics.append(self._optimizer_step(None, self._local(mini), 1.0, peak, (1.0, self._denominator(mini))))
+            metrics.append(self._optimizer_step(None, self._local(mini), 1.0, peak, self._denominator(mini)))
         return self._mean(metrics)
 
     def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
@@ -284,11 +309,11 @@ class Learner:
         """Optimizer steps on ``L_rl + sft_weight · L_sft``: the SFT batch is split across the RL mini-batches."""
         prepared, differences = self._rl_parts(rl_batch, group_size)
         if not prepared:  # no group carried an RL signal: the λ-weighted SFT term alone
-            prepared = [(None, 1.0)]
+            prepared = [None]
         sft_parts, control = _split_even(sft_batch, len(prepared)), []
         metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr * lr_scale,
-                                        (denominator, self._denominator(sft)), control)
-                   for _ in range(self.config.ppo_epochs) for (rl, denominator), sft in zip(prepared, sft_parts)]
+                                        self._denominator(sft), control)
+                   for _ in range(self.config.ppo_epochs) for rl, sft in zip(prepared, sft_parts)]
         return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
 
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
@@ -346,50 +371,3 @@ def _split_even(batch: SequenceBatch, parts: int) -> list[SequenceBatch]:
     """``parts`` consecutive slices whose sizes differ by at most one (some may be empty)."""
     bounds = [round(i * len(batch) / parts) for i in range(parts + 1)]
     return [batch.select(list(range(bounds[i], bounds[i + 1]))) for i in range(parts)]
-
-
-class LearnerGroup:
-    """``world_size`` Learner actors driven in lockstep; each call returns rank 0's answer."""
-
-    def __init__(self, model_path: str, config: LearnerConfig, seed: int = 0):
-        import ray
-
-        actor = ray.remote(num_cpus=config.cpus_per_rank, num_gpus=config.gpus_per_rank)(Learner)
-        self.ranks = [actor.remote(str(model_path), config, rank, config.world_size, seed)
-                      for rank in range(config.world_size)]
-        address, port = ray.get(self.ranks[0].endpoint.remote())
-        ray.get([rank.connect.remote(address, port) for rank in self.ranks])
-
-    def _call(self, method: str, *args):
-        import ray
-
-        shared = [ray.put(a) if isinstance(a, SequenceBatch) else a for a in args]  # one copy for all ranks
-        return ray.get([getattr(rank, method).remote(*shared) for rank in self.ranks])[0]
-
-    def start(self, config: LearnerConfig, seed: int) -> None:
-        self._call("start", config, seed)
-
-    def rl_update(self, batch: SequenceBatch, group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
-        return self._call("rl_update", batch, group_size, lr_scale)
-
-    def control_probe(self, batch: SequenceBatch) -> dict[str, float]:
-        return self._call("control_probe", batch)
-
-    def sft_update(self, batch: SequenceBatch, lr: float | None = None, lr_scale: float = 1.0) -> dict[str, float]:
-        return self._call("sft_update", batch, lr, lr_scale)
-
-    def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
-                        group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
-        return self._call("combined_update", rl_batch, sft_batch, sft_weight, group_size, lr_scale)
-
-    def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
-        return self._call("logprobs", batch)
-
-    def state_dict_for_rollout(self) -> dict[str, torch.Tensor]:
-        return self._call("state_dict_for_rollout")
-
-    def save(self, directory: str, run_state: dict) -> None:
-        self._call("save", directory, run_state)
-
-    def load(self, directory: str) -> dict:
-        return self._call("load", directory)

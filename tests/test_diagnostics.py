@@ -209,7 +209,7 @@ def test_two_ranks_report_the_control_tokens_of_one(tiny_model_dir):
     import ray
 
     from cluster.local import init_ray
-    from learner.worker import LearnerGroup
+    from learner.group import LearnerGroup
 
     init_ray()
     tokenizer = load_tokenizer(tiny_model_dir)

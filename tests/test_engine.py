@@ -52,8 +52,8 @@ def test_learner_scores_tokens_at_the_sampling_temperature(ray_local):
     the in-process engine owns this process's torch.distributed group."""
     from learner.batch import SequenceBatch
     from learner.config import LearnerConfig
+    from learner.group import LearnerGroup
     from learner.models import default_policy
-    from learner.worker import LearnerGroup
     from rollout.chat import load_tokenizer
 
     policy = str(default_policy())

@@ -102,7 +102,7 @@ def test_lora_checkpoint_resumes_exactly_and_loads_in_peft_and_transformers(tiny
 @pytest.mark.slow
 def test_merged_lora_weights_reach_the_engine_with_logprob_parity(tiny_model_dir, ray_local):
     """The learner is a Ray actor: the in-process engine owns this process's torch.distributed group."""
-    from learner.worker import LearnerGroup
+    from learner.group import LearnerGroup
     from rollout.engine import Engine
 
     engine = Engine(tiny_model_dir, max_model_len=1024)
