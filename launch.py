@@ -17,10 +17,10 @@ from rich.table import Table
 from cluster.checkpoints import checkpoint_to_resume
 from cluster.config import ConfigError, check_model_dir, load_config
 from cluster.console import eval_line, final_lines, progress_label, reward_is_success, step_line
+from learner.config import BOOTSTRAP_STEPS
 
 # piped output (logs, CI) gets a wide console: rich's 80-column default folds the eval table's headers
 console = Console(width=None if sys.stdout.isatty() else 160)
-BOOTSTRAP_STEPS = 1400
 
 
 def _progress(transient: bool = True) -> Progress:

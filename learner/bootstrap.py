@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2
 
 from learner.batch import SequenceBatch, dialog_sequence
 from learner.card import measure_card
+from learner.config import BOOTSTRAP_STEPS
 from learner.losses import sequence_logprobs, sft_loss
 from learner.models import CARD_NAME, atomic_directory, load_policy
 from rollout.chat import CHAT_TEMPLATE, IM_END, PAD, SPECIAL_TOKENS, render_dialog
@@ -246,7 +247,11 @@ def _new_model(size: str, seed: int, vocab_size: int):
     return Qwen2ForCausalLM._from_config(config, attn_implementation="eager"), tokenizer
 
 
-def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny", lr: float = 1e-3,
+# The fixed part of the recipe: the training loop reads these, and the card records them from here.
+BETAS, WEIGHT_DECAY, GRAD_CLIP = (0.9, 0.95), 0.0, 1.0
+
+
+def bootstrap(out_dir: Path, steps: int = BOOTSTRAP_STEPS, seed: int = 0, size: str = "tiny", lr: float = 1e-3,
               batch_size: int = 8, copy_batch_size: int = 16, vocab_size: int = 4096, eval_tasks: int = 200,
               threads: int | None = None, init: Path | None = None, mix: CorpusMix = CorpusMix(),
               warmup: int = 100, snapshots: int = 4) -> Path:
@@ -258,7 +263,7 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
     """
     recipe = {"steps": steps, "seed": seed, "size": size, "lr": lr, "batch_size": batch_size,
               "copy_batch_size": copy_batch_size, "vocab_size": vocab_size, "tied_embeddings": False,
-              "warmup": warmup, "betas": [0.9, 0.95], "weight_decay": 0.0, "grad_clip": 1.0,
+              "warmup": warmup, "betas": list(BETAS), "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP,
               "schedule": "cosine to 10%", "init": str(init) if init else None, "mix": asdict(mix),
               "loss": "NLL of assistant tokens (token-mean)"}
     out_dir = Path(out_dir)
@@ -273,41 +278,15 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
             recipe["init_recipe"] = json.loads((Path(init) / CARD_NAME).read_text())["recipe"]
     else:
         model, tokenizer = _new_model(size, seed, vocab_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     counts: Counter = Counter()
     batches = length_sorted_batches(mixed_stream(tokenizer, seed, mix, counts), batch_size, pool=8,
                                     rng=random.Random(seed))
     copies = length_sorted_batches(copy_stream(tokenizer, seed, mix.copy_max_number), copy_batch_size, pool=1,
                                    rng=random.Random(seed))
-    started, tokens, losses = time.perf_counter(), 0, []
-    tenth, every = max(1, steps // 10), max(1, steps // snapshots) if snapshots else 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=False) as progress:
-        bar = progress.add_task("bootstrap SFT", total=steps)
-        for step in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            step_losses = []
-            for source in (batches, copies) if copy_batch_size else (batches,):
-                ids, attention, mask = next(source).padded(tokenizer.pad_token_id)
-                logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
-                loss, _ = sft_loss(sequence_logprobs(logits, ids), mask)
-                loss.backward()
-                tokens += int(attention.sum())
-                step_losses.append(loss.item())
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(step, steps, lr, warmup=warmup)
-            optimizer.step()
-            losses.append(step_losses[0])  # the dialogs' loss (the copy task's is not part of the curve)
-            recent = sum(losses[-tenth:]) / len(losses[-tenth:])
-            progress.update(bar, advance=1, description=f"bootstrap SFT (loss {recent:.3f})")
-            if (step + 1) % tenth == 0:  # also a plain line, for logs that are not a terminal
-                progress.console.print(f"step {step + 1}/{steps}: loss {recent:.4f}, "
-                                       f"{(time.perf_counter() - started) / 60:.1f} min", highlight=False)
-            if every and (step + 1) % every == 0 and step + 1 < steps:
-                with atomic_directory(out_dir.with_name(out_dir.name + "-snapshots") / f"step_{step + 1}") as staging:
-                    model.save_pretrained(staging, safe_serialization=True)
-                    tokenizer.save_pretrained(staging)
+    started = time.perf_counter()
+    sources = (batches, copies) if copy_batch_size else (batches,)
+    tokens, losses = _train(model, tokenizer, sources, recipe, out_dir, snapshots)
+    tenth = max(1, steps // 10)
     card = {
         "recipe": recipe,
         "recipe_hash": hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16],
@@ -324,3 +303,41 @@ def bootstrap(out_dir: Path, steps: int = 2000, seed: int = 0, size: str = "tiny
         (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
     measure_card(out_dir, eval_tasks, ood_tasks=min(eval_tasks, 100))
     return out_dir
+
+
+def _train(model, tokenizer, sources: tuple, recipe: dict, out_dir: Path, snapshots: int) -> tuple[int, list[float]]:
+    """``recipe["steps"]`` AdamW steps, each on one batch of every source (the dialogs, then the copy drill),
+    with progress, keeping ``snapshots`` models beside ``out_dir``; returns the tokens trained on and the
+    dialogs' loss of each step."""
+    steps, lr, warmup = recipe["steps"], recipe["lr"], recipe["warmup"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    started, tokens, losses = time.perf_counter(), 0, []
+    tenth, every = max(1, steps // 10), max(1, steps // snapshots) if snapshots else 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        bar = progress.add_task("bootstrap SFT", total=steps)
+        for step in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            step_losses = []
+            for source in sources:
+                ids, attention, mask = next(source).padded(tokenizer.pad_token_id)
+                logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+                loss, _ = sft_loss(sequence_logprobs(logits, ids), mask)
+                loss.backward()
+                tokens += int(attention.sum())
+                step_losses.append(loss.item())
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(step, steps, lr, warmup=warmup)
+            optimizer.step()
+            losses.append(step_losses[0])  # the dialogs' loss (the copy task's is not part of the curve)
+            recent = sum(losses[-tenth:]) / len(losses[-tenth:])
+            progress.update(bar, advance=1, description=f"bootstrap SFT (loss {recent:.3f})")
+            if (step + 1) % tenth == 0:  # also a plain line, for logs that are not a terminal
+                progress.console.print(f"step {step + 1}/{steps}: loss {recent:.4f}, "
+                                       f"{(time.perf_counter() - started) / 60:.1f} min", highlight=False)
+            if every and (step + 1) % every == 0 and step + 1 < steps:
+                with atomic_directory(out_dir.with_name(out_dir.name + "-snapshots") / f"step_{step + 1}") as staging:
+                    model.save_pretrained(staging, safe_serialization=True)
+                    tokenizer.save_pretrained(staging)
+    return tokens, losses

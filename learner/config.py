@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+BOOTSTRAP_STEPS = 1400  # optimizer steps of the committed default's recipe (launch.py bootstrap --steps)
+
 
 class LoraConfig(BaseModel):
     """Low-rank adapters (through peft) instead of full fine-tuning: each adapted weight W acts as
