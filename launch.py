@@ -107,16 +107,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cluster.console import EVAL_CAPTION, eval_table
     from cluster.headroom import sample_rows, summaries, tables
     from cluster.local import init_ray
-    from learner.models import default_policy
+    from learner.models import resolve_model
     from rollout.evaluate import build_suite, evaluate, summarize
     from rollout.worker import RolloutPool
 
     suite = build_suite(args.suite, config.env, config.rollout.format, limit=args.limit,
                         ood_format=args.format if format_ood else None, split=args.split)
-    model = default_policy() if args.model == "default" else args.model
+    model = resolve_model(args.model)
     init_ray(args.address)
     with console.status(f"starting {config.rollout.workers} rollout worker(s) on {model}"):
-        pool = RolloutPool(str(model), config.rollout, config.env.reward, seed=config.env.seed)
+        pool = RolloutPool(model, config.rollout, config.env.reward, seed=config.env.seed)
     with _progress() as progress:
         bar = progress.add_task(f"eval {suite.name}: {suite.env}/{suite.split} ({suite.format})", total=len(suite.tasks))
         rows = evaluate(pool, suite.tasks, chunk=8 * config.rollout.workers,
@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for drawn in tables(suite, headroom, args.samples, temperature):
             console.print(drawn)
     if args.json:
-        report = {"model": str(model), "suite": suite.name, "env": suite.env, "split": suite.split,
+        report = {"model": model, "suite": suite.name, "env": suite.env, "split": suite.split,
                   "format": suite.format, "summary": summary, "tasks": rows}
         if args.samples:
             report["sampling"] = {"samples": args.samples, "temperature": temperature, "summary": headroom,

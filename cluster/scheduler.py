@@ -18,7 +18,7 @@ from cluster.metrics import step_metrics, time_metrics
 from cluster.sampling import Draws, TaskSampler, draw_informative
 from learner.batch import SequenceBatch, rl_batch
 from learner.group import LearnerGroup
-from learner.models import default_policy
+from learner.models import resolve_model
 from rollout.chat import load_tokenizer
 from rollout.envs import load_tasks
 from rollout.evaluate import Suite, build_suite, evaluate_suites
@@ -55,7 +55,7 @@ class Scheduler:
         trainer = config.trainer
         self.run_dir = config.run_path()
         checkpoint = checkpoint_to_resume(config)
-        self.model_path = str(default_policy() if trainer.model == "default" else trainer.model)
+        self.model_path = resolve_model(trainer.model)
         self.sampler = TaskSampler(load_tasks(config.env.name, config.env.train_split, seed=config.env.seed), trainer.seed)
         self.eval_suites = eval_suites(config)
         self.pool = pool if pool is not None else RolloutPool(self.model_path, config.rollout, config.env.reward,

@@ -177,13 +177,13 @@ class Actors:
 
     def for_run(self, config: ToolRLConfig):
         from learner.group import LearnerGroup
-        from learner.models import default_policy
+        from learner.models import resolve_model
         from rollout.worker import RolloutPool
 
         if actor_key(config) != self.key:
             self.close()
             trainer = config.trainer
-            model = str(default_policy() if trainer.model == "default" else trainer.model)
+            model = resolve_model(trainer.model)
             self.pool = RolloutPool(model, config.rollout, config.env.reward, seed=trainer.seed)
             self.learners = LearnerGroup(model, config.learner, seed=trainer.seed)
             self.key = actor_key(config)

@@ -58,3 +58,8 @@ def default_policy() -> Path:
         raise ValueError(f"the embedded default policy is missing at {DEFAULT_POLICY}; "
                          "restore it from git or run `python launch.py bootstrap`")
     return DEFAULT_POLICY
+
+
+def resolve_model(model: str) -> str:
+    """The model directory a config's or the CLI's model names: ``default`` is the committed default policy."""
+    return str(default_policy() if model == "default" else model)
