@@ -297,12 +297,17 @@ def bootstrap(out_dir: Path, steps: int = BOOTSTRAP_STEPS, seed: int = 0, size: 
         "loss_curve": [round(sum(losses[i : i + tenth]) / len(losses[i : i + tenth]), 4)
                        for i in range(0, steps, tenth)],  # mean loss per tenth of training
     }
-    with atomic_directory(out_dir) as staging:  # the weights are safe before the (long) measurement starts
+    _write(out_dir, model, tokenizer, card)
+    measure_card(out_dir, eval_tasks, ood_tasks=min(eval_tasks, 100))
+    return out_dir
+
+
+def _write(out_dir: Path, model, tokenizer, card: dict) -> None:
+    """The model and its card, atomically: the weights are safe before the (long) measurement starts."""
+    with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
-    measure_card(out_dir, eval_tasks, ood_tasks=min(eval_tasks, 100))
-    return out_dir
 
 
 def _train(model, tokenizer, sources: tuple, recipe: dict, out_dir: Path, snapshots: int) -> tuple[int, list[float]]:
