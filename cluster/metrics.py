@@ -6,14 +6,12 @@ import math
 
 from cluster.sampling import Draws
 from rollout.structure import structure_shares
-from rollout.worker import Trajectory
+from rollout.worker import Trajectory, by_group
 
 
 def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     n = len(trajectories)
-    groups: dict[str, list[float]] = {}
-    for t in trajectories:
-        groups.setdefault(t.group_id, []).append(t.reward)
+    groups = by_group(trajectories).values()
     reward = sum(t.reward for t in trajectories) / n
     messages = sum(m["role"] == "assistant" for t in trajectories for m in t.messages)
     calls = sum(len(step) for t in trajectories for turn in t.calls for step in turn)
@@ -26,7 +24,7 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
         "truncated_rate": sum(t.truncated for t in trajectories) / n,
         "response_tokens": sum(sum(t.loss_mask) for t in trajectories) / n,
         # groups whose rewards are all equal have zero advantage: they teach GRPO nothing
-        "flat_group_share": sum(len(set(r)) == 1 for r in groups.values()) / len(groups),
+        "flat_group_share": sum(len({trajectories[i].reward for i in members}) == 1 for members in groups) / len(groups),
         "turns_per_episode": messages / n,  # assistant messages per episode
         "tool_calls_per_message": calls / max(messages, 1),
         **{f"structure/{state}": share for state, share in structure_shares(trajectories).items()},

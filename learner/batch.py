@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from learner.losses import grpo_advantages
+from rollout.worker import by_group
 
 
 @dataclass
@@ -100,16 +101,15 @@ def rl_batch(trajectories: list, scale_by_std: bool = True, skip_flat_groups: bo
     ``skip_flat_groups`` leaves out whole groups whose rewards are all equal (their advantages are 0).
     ``origins`` (one per trajectory, see ``SequenceBatch.origins``) default to all "policy".
     """
-    group_index = {gid: i for i, gid in enumerate(dict.fromkeys(t.group_id for t in trajectories))}
+    groups = by_group(trajectories)
+    group_index = {gid: i for i, gid in enumerate(groups)}
     advantages = grpo_advantages(
         torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
         torch.tensor([group_index[t.group_id] for t in trajectories]),
         scale_by_std=scale_by_std,
     ).tolist()
-    rewards: dict[str, set[float]] = {}
-    for t in trajectories:
-        rewards.setdefault(t.group_id, set()).add(t.reward)
-    keep = [i for i, t in enumerate(trajectories) if not (skip_flat_groups and len(rewards[t.group_id]) == 1)]
+    flat = {gid for gid, members in groups.items() if len({trajectories[i].reward for i in members}) == 1}
+    keep = [i for i, t in enumerate(trajectories) if not (skip_flat_groups and t.group_id in flat)]
     return SequenceBatch([trajectories[i].token_ids for i in keep], [trajectories[i].loss_mask for i in keep],
                          [advantages[i] for i in keep], [trajectories[i].logprobs for i in keep],
                          [origins[i] for i in keep] if origins else [], temperature=temperature)

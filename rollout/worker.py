@@ -54,6 +54,14 @@ class Trajectory:
     message_truncated: list[bool] = field(default_factory=list)  # per assistant message: cut at max_new_tokens
 
 
+def by_group(trajectories: list[Trajectory]) -> dict[str, list[int]]:
+    """Group id → the indices of its members in ``trajectories``, groups in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for index, trajectory in enumerate(trajectories):
+        groups.setdefault(trajectory.group_id, []).append(index)
+    return groups
+
+
 def hinted(content: str, hint: str, position: str) -> str:
     """A system prompt (hint at its end) or user message (hint at its start) with the hint added."""
     return f"{content}\n{hint}" if position == "system" else f"{hint}\n{content}"

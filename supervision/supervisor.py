@@ -14,7 +14,7 @@ from pathlib import Path
 from learner.batch import SequenceBatch, rl_batch
 from rollout.envs import Task
 from rollout.formats import get_format
-from rollout.worker import EpisodeRequest, Trajectory
+from rollout.worker import EpisodeRequest, Trajectory, by_group
 from supervision.erroneous import FailureBuffer, erroneous_samples
 from supervision.expert import ExpertData, ground_truth_trajectory
 from supervision.hint import LLMHintWriter, add_hints, strip_hint, template_hint
@@ -55,7 +55,7 @@ class Supervisor:
         the signals did to it. Failures are collected from every group, also from those the update leaves out."""
         by_id = {t.id: t for t in tasks}
         trajectories = [strip_hint(t) for t in trajectories]
-        groups = _group_members(trajectories)
+        groups = by_group(trajectories)
         collected = {"erroneous": 0, "reflection": 0}
         if self.signals & {"erroneous", "reflection"}:
             for members in groups.values():  # one failure per group: the task, not its G siblings, is the news
@@ -85,10 +85,9 @@ class Supervisor:
     def informative_groups(self, trajectories: list[Trajectory], tasks: list[Task]) -> list[str]:
         """Ids of the groups, in order, whose rewards differ once ``transform`` has put the ground truth in
         (dynamic sampling keeps these): a group of failures that off_policy rescues teaches GRPO too."""
-        rewards: dict[str, set[float]] = {}
-        for t in self._put_ground_truth(trajectories, {t.id: t for t in tasks})[0]:
-            rewards.setdefault(t.group_id, set()).add(t.reward)
-        return [group for group, values in rewards.items() if len(values) > 1]
+        trajectories = self._put_ground_truth(trajectories, {t.id: t for t in tasks})[0]
+        return [group for group, members in by_group(trajectories).items()
+                if len({trajectories[i].reward for i in members}) > 1]
 
     def _put_ground_truth(self, trajectories: list[Trajectory],
                           by_id: dict[str, Task]) -> tuple[list[Trajectory], list[str], int]:
@@ -99,7 +98,7 @@ class Supervisor:
         if "off_policy" not in self.signals:
             return trajectories, origins, 0
         rule, replaced = self.sup.off_policy, 0
-        for members in _group_members(trajectories).values():
+        for members in by_group(trajectories).values():
             if rule.when == "no_success" and any(trajectories[i].result.success for i in members):
                 continue
             replaced += 1
@@ -140,10 +139,3 @@ class Supervisor:
             self.expert.position = state["expert_position"]
         self.failures.restore(state["failures"])
 
-
-def _group_members(trajectories: list[Trajectory]) -> dict[str, list[int]]:
-    """Group id → the indices of its members, groups in order of first appearance."""
-    groups: dict[str, list[int]] = {}
-    for index, trajectory in enumerate(trajectories):
-        groups.setdefault(trajectory.group_id, []).append(index)
-    return groups
