@@ -48,9 +48,4 @@ def expert_turn(episode: Episode, calls: list, fmt: ToolFormat) -> list[dict]:
 
 def ground_truth_results(task: Task) -> list[list[str]]:
     """The tool results of each turn's ground-truth calls, played through a live episode."""
-    episode, results = Episode(task), []
-    for calls in task.ground_truth:
-        episode.begin_turn()
-        results.append(episode.execute(calls))
-        episode.end_turn()
-    return results
+    return [turn[0] for turn in Episode(task).play([[calls] for calls in task.ground_truth])]

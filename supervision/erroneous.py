@@ -31,11 +31,7 @@ def corrected_dialog(task: Task, trajectory: Trajectory, fmt: ToolFormat,
     if failed >= len(openings):
         return None
     episode = Episode(task, reward)
-    for turn in range(failed):  # the model's own calls rebuild the state it reached (these turns passed)
-        episode.begin_turn()
-        for calls in trajectory.calls[turn]:
-            episode.execute(calls)
-        episode.end_turn()
+    episode.play(trajectory.calls[:failed])  # the model's own calls rebuild the state it reached (these turns passed)
     episode.begin_turn()
     opening = openings[failed]
     return trajectory.messages[: opening + 1] + expert_turn(episode, task.ground_truth[failed], fmt), opening + 1

@@ -277,6 +277,16 @@ class Episode:
             return TurnCheck(False, f"response mismatch: missing {len(missing)} result(s), e.g. {missing[0][:120]}")
         return TurnCheck(True)
 
+    def play(self, steps: list[list[list[ToolCall]]]) -> list[list[list[str]]]:
+        """Play whole turns, ``steps[turn][step] = calls``, from the next turn on; returns each call's result
+        as ``[turn][step]``."""
+        results = []
+        for turn_steps in steps:
+            self.begin_turn()
+            results.append([self.execute(calls) for calls in turn_steps])
+            self.end_turn()
+        return results
+
     def result(self) -> EpisodeResult:
         if not self.done:
             raise RuntimeError("result requested before the last turn ended")
@@ -336,11 +346,7 @@ def missing_results(required: list[str], produced: list[str]) -> list[str]:
 def run_episode(task: Task, steps: list[list[list[ToolCall]]], reward: RewardConfig | None = None) -> EpisodeResult:
     """Play ``steps[turn][step] = calls`` through a live episode and score it."""
     episode = Episode(task, reward)
-    for turn_steps in steps:
-        episode.begin_turn()
-        for calls in turn_steps:
-            episode.execute(calls)
-        episode.end_turn()
+    episode.play(steps)
     return episode.result()
 
 
