@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 import random
 import time
@@ -32,7 +31,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2
 
 from learner.batch import SequenceBatch, dialog_sequence
 from learner.card import measure_card
-from learner.config import BOOTSTRAP_STEPS
+from learner.config import BOOTSTRAP_STEPS, warmup_cosine
 from learner.losses import sequence_logprobs, sft_loss
 from learner.models import CARD_NAME, atomic_directory, load_policy
 from rollout.chat import CHAT_TEMPLATE, IM_END, PAD, SPECIAL_TOKENS, render_dialog
@@ -233,13 +232,6 @@ def length_sorted_batches(stream, batch_size: int, pool: int, rng: random.Random
             yield SequenceBatch([ids for ids, _ in batch], [mask for _, mask in batch])
 
 
-def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine to 10 % of the peak
-
-
 def _new_model(size: str, seed: int, vocab_size: int):
     tokenizer = build_tokenizer(default_corpus(300, seed), vocab_size)
     config = preset_config(size, tokenizer)
@@ -249,6 +241,7 @@ def _new_model(size: str, seed: int, vocab_size: int):
 
 # The fixed part of the recipe: the training loop reads these, and the card records them from here.
 BETAS, WEIGHT_DECAY, GRAD_CLIP = (0.9, 0.95), 0.0, 1.0
+LR_FLOOR = 0.1  # the cosine after the warmup ends at 10 % of the peak (the card's "cosine to 10%")
 
 
 def bootstrap(out_dir: Path, steps: int = BOOTSTRAP_STEPS, seed: int = 0, size: str = "tiny", lr: float = 1e-3,
@@ -264,7 +257,7 @@ def bootstrap(out_dir: Path, steps: int = BOOTSTRAP_STEPS, seed: int = 0, size: 
     recipe = {"steps": steps, "seed": seed, "size": size, "lr": lr, "batch_size": batch_size,
               "copy_batch_size": copy_batch_size, "vocab_size": vocab_size, "tied_embeddings": False,
               "warmup": warmup, "betas": list(BETAS), "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP,
-              "schedule": "cosine to 10%", "init": str(init) if init else None, "mix": asdict(mix),
+              "schedule": f"cosine to {LR_FLOOR:.0%}", "init": str(init) if init else None, "mix": asdict(mix),
               "loss": "NLL of assistant tokens (token-mean)"}
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -333,7 +326,7 @@ def _train(model, tokenizer, sources: tuple, recipe: dict, out_dir: Path, snapsh
                 step_losses.append(loss.item())
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             for group in optimizer.param_groups:
-                group["lr"] = _lr(step, steps, lr, warmup=warmup)
+                group["lr"] = lr * warmup_cosine(step, warmup, steps, floor=LR_FLOOR)
             optimizer.step()
             losses.append(step_losses[0])  # the dialogs' loss (the copy task's is not part of the curve)
             recent = sum(losses[-tenth:]) / len(losses[-tenth:])

@@ -10,6 +10,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 BOOTSTRAP_STEPS = 1400  # optimizer steps of the committed default's recipe (launch.py bootstrap --steps)
 
 
+def warmup_cosine(step: int, warmup: int = 0, decay_steps: int | None = None, floor: float = 0.0) -> float:
+    """The factor on the peak learning rate at ``step`` (0-based): linear warmup over the first ``warmup``
+    steps, then 1 (``decay_steps`` None) or a cosine from 1 that reaches ``floor`` at step ``decay_steps``.
+
+    The RL learner's schedule, its warmup and bootstrap's recipe are all this one function."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay_steps is None:
+        return 1.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, decay_steps - warmup)))
+
+
 class LoraConfig(BaseModel):
     """Low-rank adapters (through peft) instead of full fine-tuning: each adapted weight W acts as
     W + (alpha / rank)·B·A, and only A and B train."""
@@ -99,9 +111,7 @@ class LearnerConfig(BaseModel):
 
     def lr_scale(self, step: int, total_steps: int) -> float:
         """The schedule's factor on the peak lr at training step ``step`` (1-based) of ``total_steps``."""
-        if self.lr_schedule == "constant":
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * (step - 1) / total_steps))
+        return warmup_cosine(step - 1, decay_steps=total_steps if self.lr_schedule == "cosine" else None)
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> LearnerConfig:

@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 
 from learner.batch import SequenceBatch
-from learner.config import LearnerConfig
+from learner.config import LearnerConfig, warmup_cosine
 from learner.diagnostics import ControlTokens, control_metrics, control_values
 from learner.lora import add_adapters, load_weights, merged_weights, save_weights
 from learner.losses import entropy_loss, kl_loss, policy_loss, sequence_logprobs, sft_loss, token_entropy
@@ -142,8 +142,7 @@ class Learner:
 
     def _lr(self, peak: float) -> float:
         """Linear warmup over the first updates actually applied; the caller's ``lr_scale`` does the rest."""
-        warmup = self.config.warmup_steps
-        return peak * (min(1.0, (self.optimizer_step + 1) / warmup) if warmup else 1.0)
+        return peak * warmup_cosine(self.optimizer_step, self.config.warmup_steps)
 
     # ---- one optimizer step -----------------------------------------------------------------------------
     def _optimizer_step(self, rl: RLMiniBatch | None, sft: SequenceBatch | None, sft_weight: float, peak_lr: float,
