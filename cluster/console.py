@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 from cluster.config import ToolRLConfig
+from supervision.config import StepKind
 
 SUITES = {"id": "eval/", "format_ood": "eval/format_ood/", "content_ood": "eval/content_ood/"}
 PHASES = ("sample", "supervise", "update", "sync", "observe", "eval", "checkpoint")
-SIGNALS = ("expert", "erroneous", "reflection")
+SFT_SAMPLES = "supervision/sft_samples/"  # + the signal: a step's SFT sequences from it
 
 # "parse errors" beside "polluted 100 %" read as a contradiction under format_ood: the two count different
 # things, and a call in the trained syntax is no parse error of the tested one (the parser reads it as text)
@@ -56,8 +57,8 @@ def eval_success(metrics: dict, prefix: str = "eval/") -> str | None:
     return percent(success) + error
 
 
-def _kind(metrics: dict) -> str:
-    return next(k for k in ("rl", "sft", "combined") if metrics.get(f"update/{k}"))
+def _kind(metrics: dict) -> StepKind:
+    return next(k for k in StepKind if metrics.get(f"update/{k}"))
 
 
 def no_update_reason(metrics: dict) -> str:
@@ -65,7 +66,7 @@ def no_update_reason(metrics: dict) -> str:
     reasons = []
     if metrics.get("flat_group_share") == 1.0:
         reasons.append("every group's rewards were equal")
-    if _kind(metrics) != "rl" and not any(metrics.get(f"supervision/sft_samples/{s}") for s in SIGNALS):
+    if _kind(metrics) != StepKind.RL and not any(v for k, v in metrics.items() if k.startswith(SFT_SAMPLES)):
         reasons.append("no SFT data yet")
     return "no update: " + ("; ".join(reasons) or "nothing to train on")
 
@@ -80,7 +81,7 @@ def _sampled(metrics: dict, reward_shown: bool) -> str | None:
 def _sft(metrics: dict) -> str | None:
     if "sft_loss" not in metrics:
         return None
-    counts = [f"{int(metrics[key])} {s}" for s in SIGNALS if metrics.get(key := f"supervision/sft_samples/{s}")]
+    counts = [f"{int(v)} {k.removeprefix(SFT_SAMPLES)}" for k, v in metrics.items() if k.startswith(SFT_SAMPLES) and v]
     return f"sft loss {metrics['sft_loss']:.3f}" + (f" ({', '.join(counts)})" if counts else "")
 
 

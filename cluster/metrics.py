@@ -7,6 +7,7 @@ import math
 from cluster.sampling import Draws
 from rollout.structure import structure_shares
 from rollout.worker import Trajectory, by_group
+from supervision.config import StepKind
 
 
 def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
@@ -31,12 +32,12 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     }
 
 
-def step_metrics(kind: str, drawn: Draws, supervision: dict[str, float], learner: dict[str, float],
+def step_metrics(kind: StepKind, drawn: Draws, supervision: dict[str, float], learner: dict[str, float],
                  updated: bool, probed: bool) -> dict[str, float]:
     """Rollouts, draws, supervision and learner metrics of one step, with which update ran (if any)."""
     trajectories = drawn.trajectories
     return {**(rollout_metrics(trajectories) if trajectories else {}), **drawn.metrics, **supervision,
-            **learner, **{f"update/{k}": float(k == kind) for k in ("rl", "sft", "combined")},
+            **learner, **{f"update/{k}": float(k == kind) for k in StepKind},
             "update/skipped": float(not updated), "diagnostics/probed": float(probed)}
 
 

@@ -24,7 +24,7 @@ from rollout.envs import load_tasks
 from rollout.evaluate import Suite, build_suite, evaluate_suites
 from rollout.worker import RolloutPool, Trajectory, group_requests
 from supervision.alarm import AdaptiveState, Alarm, alarm_metrics
-from supervision.config import step_kind
+from supervision.config import StepKind, step_kind
 from supervision.supervisor import Supervisor
 
 PROBE_SEQUENCES = 4  # sampled sequences the control-token probe of a step without an update looks at
@@ -91,12 +91,12 @@ class Scheduler:
     def train_step(self) -> dict[str, float]:
         trainer = self.config.trainer
         self.step += 1
-        kind = step_kind(self.config.supervision, self.step, self.adaptive.sft_steps_left)  # rl | sft | combined
+        kind = step_kind(self.config.supervision, self.step, self.adaptive.sft_steps_left)
         timings: dict[str, float] = {}
         # sample: G episodes for each drawn task, with further draws under dynamic sampling; an SFT step
         # samples nothing
         with _timed(timings, "sample"):
-            drawn = self._sample() if kind != "sft" else Draws()
+            drawn = self._sample() if kind != StepKind.SFT else Draws()
             trajectories = drawn.trajectories
         # supervise: strip hints, put ground truth into groups, collect failures; draw this step's SFT data
         with _timed(timings, "supervise"):
@@ -122,21 +122,21 @@ class Scheduler:
         with _timed(timings, "checkpoint"):
             if last or (trainer.save_every and self.step % trainer.save_every == 0):
                 self.save()
-        trained_tokens = (batch.tokens() if batch and kind != "sft" else 0) + (sft.tokens() if sft else 0)
+        trained_tokens = (batch.tokens() if batch and kind != StepKind.SFT else 0) + (sft.tokens() if sft else 0)
         metrics.update(time_metrics(timings, trained_tokens))
         self._log(metrics)
         return {"step": self.step, **metrics}
 
-    def _sft_batch(self, kind: str) -> tuple[SequenceBatch | None, dict[str, float]]:
+    def _sft_batch(self, kind: StepKind) -> tuple[SequenceBatch | None, dict[str, float]]:
         """This step's SFT data, as many sequences as the mode's sft_batch_size (none for an RL step)."""
-        if kind == "rl":
+        if kind == StepKind.RL:
             return None, {}
         sup = self.config.supervision
         size = {"sft_then_rl": sup.sft_then_rl.sft_batch_size, "sync": sup.sync.sft_batch_size,
                 "interleaved": sup.interleaved.sft_batch_size, "adaptive": sup.adaptive.sft_batch_size}[sup.mode]
         return self.supervisor.sft_batch(size)
 
-    def _observe(self, kind: str, drawn: Draws, supervision_metrics: dict[str, float],
+    def _observe(self, kind: StepKind, drawn: Draws, supervision_metrics: dict[str, float],
                  learner_metrics: dict[str, float], updated: bool) -> dict[str, float]:
         """The step's metrics with the alarm's verdict (and mode adaptive's reaction); writes the samples."""
         sup, trajectories = self.config.supervision, drawn.trajectories
@@ -171,16 +171,16 @@ class Scheduler:
             return Draws(trajectories, tasks)
         return draw_informative(roll, self.supervisor.informative_groups, trainer.tasks_per_step, dynamic.max_draws)
 
-    def _update(self, kind: str, batch, sft) -> dict[str, float]:
+    def _update(self, kind: StepKind, batch, sft) -> dict[str, float]:
         """The learner call this step's kind asks for; {} when there is nothing to train on."""
         group_size, sup = self.config.rollout.group_size, self.config.supervision
         scale = self.config.learner.lr_scale(self.step, self.config.trainer.total_steps)
         rl_scale = scale * self.adaptive.lr_factor
-        if kind == "rl":
+        if kind == StepKind.RL:
             return self.learners.rl_update(batch, group_size, rl_scale) if len(batch) else {}
         if not len(sft):  # e.g. an SFT phase before any failure was collected
-            return self.learners.rl_update(batch, group_size, rl_scale) if kind == "combined" and len(batch) else {}
-        if kind == "combined":
+            return self.learners.rl_update(batch, group_size, rl_scale) if kind == StepKind.COMBINED and len(batch) else {}
+        if kind == StepKind.COMBINED:
             return self.learners.combined_update(batch, sft, sup.sync.sft_weight, group_size, scale)
         lr = sup.interleaved.sft_lr if sup.mode == "interleaved" else None
         epochs = sup.interleaved.sft_epochs if sup.mode == "interleaved" else 1
@@ -196,7 +196,7 @@ class Scheduler:
         order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].sample_index)
         return batch.select(order[:PROBE_SEQUENCES])
 
-    def _adapt(self, kind: str, fired: bool) -> dict[str, float]:
+    def _adapt(self, kind: StepKind, fired: bool) -> dict[str, float]:
         """Mode adaptive after a step: owe SFT steps and scale the RL lr on an alarm, optionally roll back."""
         adaptive = self.config.supervision.adaptive
         metrics = {}

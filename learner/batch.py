@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import torch
 
 from learner.losses import grpo_advantages
 from rollout.worker import by_group
+
+
+class Origin(StrEnum):
+    """Where an RL sequence came from (a str: the values are the names the config and metrics use)."""
+
+    POLICY = "policy"  # sampled exactly as trained
+    EXPERT = "expert"  # a ground-truth trajectory put into the group
+    HINT = "hint"  # sampled with a hint the trained tokens no longer contain
+
+
+@dataclass
+class SftSample:
+    """One SFT sequence and where it came from: the signal, what kind of sequence, the task and error turn
+    (None where there is none). Checkpoints hold these as dicts of exactly these fields."""
+
+    signal: str
+    kind: str
+    task_id: str | None
+    turn: int | None
+    ids: list[int]
+    mask: list[int]
 
 
 @dataclass
@@ -16,12 +38,11 @@ class SequenceBatch:
     loss_mask: list[list[int]]  # 1 on tokens the loss sees (the policy's own tokens, or the expert's for SFT)
     advantages: list[float] = field(default_factory=list)  # one per sequence; empty for SFT batches
     sampling_logprobs: list[list[float]] = field(default_factory=list)  # the engine's, to check weight sync
-    # Per sequence, where it came from: "policy" (sampled exactly as trained), "expert" (a ground-truth
-    # trajectory put into the group) or "hint" (sampled with a hint the trained tokens no longer contain).
-    # Empty: all "policy". Only "policy" sequences take part in the weight-sync check.
-    origins: list[str] = field(default_factory=list)
-    shaped_gamma: float | None = None  # set: "expert" sequences use LUFFY's π/(π+γ) objective with this γ
-    hint_importance_cap: float | None = None  # set: "hint" tokens weighted by min(π/π_sampled, cap)
+    # Per sequence, where it came from. Empty: all Origin.POLICY. Only POLICY sequences take part in the
+    # weight-sync check.
+    origins: list[Origin] = field(default_factory=list)
+    shaped_gamma: float | None = None  # set: EXPERT sequences use LUFFY's π/(π+γ) objective with this γ
+    hint_importance_cap: float | None = None  # set: HINT tokens weighted by min(π/π_sampled, cap)
     # RL losses score tokens under the distribution they were drawn from, π_T (logits / T), as the engine
     # reports them; SFT batches keep 1.0
     temperature: float = 1.0
@@ -29,8 +50,8 @@ class SequenceBatch:
     def __len__(self) -> int:
         return len(self.token_ids)
 
-    def origin(self, index: int) -> str:
-        return self.origins[index] if self.origins else "policy"
+    def origin(self, index: int) -> Origin:
+        return self.origins[index] if self.origins else Origin.POLICY
 
     def select(self, indices: list[int]) -> SequenceBatch:
         def pick(values: list) -> list:
@@ -51,7 +72,7 @@ class SequenceBatch:
             if like.sampling_logprobs:
                 self.sampling_logprobs.append([0.0, 0.0])
             if like.origins:
-                self.origins.append("policy")
+                self.origins.append(Origin.POLICY)
         return self
 
     def tokens(self) -> int:
@@ -95,11 +116,11 @@ def dialog_sequence(messages: list[dict], tokenizer, train_from: int = 0) -> tup
 
 
 def rl_batch(trajectories: list, scale_by_std: bool = True, skip_flat_groups: bool = False,
-             origins: list[str] | None = None, temperature: float = 1.0) -> SequenceBatch:
+             origins: list[Origin] | None = None, temperature: float = 1.0) -> SequenceBatch:
     """Trajectories (in group order), sampled at ``temperature`` → sequences with GRPO advantages.
 
     ``skip_flat_groups`` leaves out whole groups whose rewards are all equal (their advantages are 0).
-    ``origins`` (one per trajectory, see ``SequenceBatch.origins``) default to all "policy".
+    ``origins`` (one per trajectory, see ``SequenceBatch.origins``) default to all Origin.POLICY.
     """
     groups = by_group(trajectories)
     group_index = {gid: i for i, gid in enumerate(groups)}

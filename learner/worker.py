@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import fully_shard
 
-from learner.batch import SequenceBatch
+from learner.batch import Origin, SequenceBatch
 from learner.config import LearnerConfig, warmup_cosine
 from learner.diagnostics import ControlTokens, control_metrics, control_values
 from learner.lora import add_adapters, load_weights, merged_weights, save_weights
@@ -227,13 +227,13 @@ class Learner:
         """Which rows take the shaped objective, and the hint rows' truncated importance weights."""
         rows = range(len(part))
         shaped = None
-        if part.shaped_gamma is not None and any(part.origin(i) == "expert" for i in rows):
-            shaped = torch.tensor([part.origin(i) == "expert" for i in rows], device=self.device)
+        if part.shaped_gamma is not None and any(part.origin(i) == Origin.EXPERT for i in rows):
+            shaped = torch.tensor([part.origin(i) == Origin.EXPERT for i in rows], device=self.device)
         weights = None
-        if part.hint_importance_cap is not None and any(part.origin(i) == "hint" for i in rows):
+        if part.hint_importance_cap is not None and any(part.origin(i) == Origin.HINT for i in rows):
             weights = torch.ones_like(old)
             for i in rows:
-                if part.origin(i) == "hint":
+                if part.origin(i) == Origin.HINT:
                     sampled = torch.tensor(part.sampling_logprobs[i], device=self.device)
                     # π(y | no hint) / π(y | hint): the learner's recomputed old logprobs over the engine's
                     ratio = torch.exp(old[i, : len(sampled)] - sampled)
@@ -259,7 +259,7 @@ class Learner:
             if local.sampling_logprobs:
                 rows = [row for part in old for row in part]
                 for i, (row, sampled, mask) in enumerate(zip(rows, local.sampling_logprobs, local.loss_mask)):
-                    if local.origin(i) == "policy":
+                    if local.origin(i) == Origin.POLICY:
                         differences += [abs(row[t].item() - sampled[t]) for t in range(len(mask)) if mask[t]]
         return prepared, differences
 

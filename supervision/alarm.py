@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from supervision.config import AdaptiveConfig, AlarmConfig
+from supervision.config import AdaptiveConfig, AlarmConfig, StepKind
 
 SUCCESS_DROP = "success_drop"  # the reason name of the success rule (the others are the metric names)
 
@@ -81,9 +81,9 @@ class AdaptiveState:
     sft_steps_left: int = 0
     lr_factor: float = 1.0
 
-    def advance(self, kind: str, fired: bool, config: AdaptiveConfig) -> None:
+    def advance(self, kind: StepKind, fired: bool, config: AdaptiveConfig) -> None:
         """After a step of ``kind``: count an SFT step off; an alarm (re)starts the SFT phase and scales the lr."""
-        if kind == "sft" and self.sft_steps_left:
+        if kind == StepKind.SFT and self.sft_steps_left:
             self.sft_steps_left -= 1
         if fired:
             self.sft_steps_left = config.sft_steps

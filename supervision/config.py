@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-Signal = Literal["expert", "off_policy", "hint", "erroneous", "reflection"]
-SFT_SIGNALS = ("expert", "erroneous", "reflection")  # the signals that contribute SFT samples
+
+class StepKind(StrEnum):
+    """Which update a training step runs (a str: the values are the names of the update/<kind> metrics)."""
+
+    RL = "rl"  # GRPO on the sampled groups
+    SFT = "sft"  # SFT on the signals' samples; samples nothing
+    COMBINED = "combined"  # one update on L_rl + λ·L_sft (mode sync)
+
+
+def _registry() -> dict:
+    # Imported here, not above: the signal modules import torch and transformers, and reading a config
+    # must stay light (launch.py reports a bad one before any heavy import); only a config that names
+    # signals pays for them.
+    from supervision.registry import SIGNALS
+
+    return SIGNALS
+
+
+def _known_signal(name: str) -> str:
+    if name not in _registry():
+        raise ValueError(f"unknown signal {name!r}; the signals are {', '.join(_registry())}")
+    return name
+
+
+def _signals_with(flag: str, signals: list[str] | None = None) -> list[str]:
+    """The signals among ``signals`` (None: all of them) whose class sets ``flag`` (``sft``: contributes
+    SFT samples; ``from_failures``: makes them from failed rollouts), in registry order."""
+    if signals == []:
+        return []
+    return [name for name, signal in _registry().items()
+            if getattr(signal, flag) and (signals is None or name in signals)]
 
 
 class Phase(BaseModel):
@@ -188,7 +218,9 @@ class SupervisionConfig(BaseModel):
         "(off_policy and hint act inside RL steps in any mode); interleaved: RL phases alternating with SFT phases; "
         "adaptive: RL steps, and an SFT phase after each alarm.",
     )
-    signals: list[Signal] = Field(default_factory=list, description="Active signals (any subset).")
+    signals: list[Annotated[str, AfterValidator(_known_signal)]] = Field(
+        default_factory=list, description="Active signals (any subset of supervision.registry.SIGNALS)."
+    )
     sync: SyncConfig = Field(default_factory=SyncConfig, description="mode sync.")
     interleaved: InterleavedConfig = Field(default_factory=InterleavedConfig, description="mode interleaved.")
     sft_then_rl: SftThenRlConfig = Field(default_factory=SftThenRlConfig, description="mode sft_then_rl.")
@@ -206,33 +238,37 @@ class SupervisionConfig(BaseModel):
             raise ValueError("signals: each signal at most once")
         if self.mode == "adaptive" and not self.alarm.enabled:
             raise ValueError("mode 'adaptive' reacts to the alarm: set alarm.enabled=true")
-        if self.mode in ("sft_then_rl", "interleaved", "adaptive") and not set(self.signals) & set(SFT_SIGNALS):
-            raise ValueError(f"mode {self.mode!r} has SFT steps: add one of {', '.join(SFT_SIGNALS)} to signals")
-        if self.mode == "none" and set(self.signals) & set(SFT_SIGNALS):
-            raise ValueError(f"mode 'none' has no SFT updates: {', '.join(SFT_SIGNALS)} need sync, interleaved, "
-                             "sft_then_rl or adaptive")
-        if self.mode == "sft_then_rl" and set(self.signals) & {"erroneous", "reflection"}:
-            raise ValueError("mode 'sft_then_rl' runs SFT before any rollout: only the expert signal has data then")
+        sft = _signals_with("sft", self.signals)
+        if self.mode in ("sft_then_rl", "interleaved", "adaptive") and not sft:
+            raise ValueError(f"mode {self.mode!r} has SFT steps: add one of {', '.join(_signals_with('sft'))} to "
+                             "signals")
+        if self.mode == "none" and sft:
+            raise ValueError(f"mode 'none' has no SFT updates: {', '.join(_signals_with('sft'))} need sync, "
+                             "interleaved, sft_then_rl or adaptive")
+        if self.mode == "sft_then_rl" and _signals_with("from_failures", self.signals):
+            ready = [name for name in _signals_with("sft") if name not in _signals_with("from_failures")]
+            raise ValueError(f"mode 'sft_then_rl' runs SFT before any rollout: only the {', '.join(ready)} signal "
+                             "has data then")
         return self
 
 
-def step_kind(config: SupervisionConfig, step: int, sft_steps_left: int = 0) -> Literal["rl", "sft", "combined"]:
+def step_kind(config: SupervisionConfig, step: int, sft_steps_left: int = 0) -> StepKind:
     """What training step ``step`` (1-based) runs: a pure function of the step, so a resumed run agrees.
 
     Mode adaptive depends on the alarm instead: ``sft_steps_left`` is the Scheduler's checkpointed count of
     SFT steps still owed after the last alarm (supervision.alarm.AdaptiveState).
     """
     if config.mode == "adaptive":
-        return "sft" if sft_steps_left > 0 else "rl"
+        return StepKind.SFT if sft_steps_left > 0 else StepKind.RL
     if config.mode == "sft_then_rl":
-        return "sft" if step <= config.sft_then_rl.sft_steps else "rl"
+        return StepKind.SFT if step <= config.sft_then_rl.sft_steps else StepKind.RL
     if config.mode == "sync":
-        return "combined" if set(config.signals) & set(SFT_SIGNALS) else "rl"
+        return StepKind.COMBINED if _signals_with("sft", config.signals) else StepKind.RL
     if config.mode == "interleaved":
         cycle = config.interleaved.cycle()
         position = (step - 1) % sum(phase.steps for phase in cycle)
         for phase in cycle:
             if position < phase.steps:
-                return phase.kind
+                return StepKind(phase.kind)
             position -= phase.steps
-    return "rl"
+    return StepKind.RL

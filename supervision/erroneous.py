@@ -7,14 +7,13 @@ that action only (what the reference does not).
 
 from __future__ import annotations
 
-from collections import deque
-
-from learner.batch import dialog_sequence
+from learner.batch import SftSample, dialog_sequence
 from rollout.config import RewardConfig
 from rollout.envs import Episode, Task
 from rollout.expert import expert_messages, expert_turn
 from rollout.formats import ToolFormat
 from rollout.worker import Trajectory
+from supervision.signal import Signal
 
 
 def corrected_dialog(task: Task, trajectory: Trajectory, fmt: ToolFormat,
@@ -37,38 +36,23 @@ def corrected_dialog(task: Task, trajectory: Trajectory, fmt: ToolFormat,
     return trajectory.messages[: opening + 1] + expert_turn(episode, task.ground_truth[failed], fmt), opening + 1
 
 
-class FailureBuffer:
-    """The SFT sequences built from the most recent failures, drawn in a cycle; JSON-able state."""
-
-    def __init__(self, size: int):
-        self.items: deque[dict] = deque(maxlen=size)
-        self.cursor = 0
-
-    def add(self, items: list[dict]) -> None:
-        self.items.extend(items)
-
-    def take(self, n: int) -> list[dict]:
-        if not self.items:
-            return []
-        taken = [self.items[(self.cursor + i) % len(self.items)] for i in range(min(n, len(self.items)))]
-        self.cursor = (self.cursor + len(taken)) % len(self.items)
-        return taken
-
-    def state(self) -> dict:
-        return {"items": list(self.items), "cursor": self.cursor}
-
-    def restore(self, state: dict) -> None:
-        self.items.clear()
-        self.items.extend(state["items"])
-        self.cursor = state["cursor"]
-
-
-def erroneous_samples(task: Task, trajectory: Trajectory, fmt: ToolFormat, tokenizer, reward: RewardConfig) -> list[dict]:
+def erroneous_samples(task: Task, trajectory: Trajectory, fmt: ToolFormat, tokenizer,
+                      reward: RewardConfig) -> list[SftSample]:
     """The two SFT sequences of one failure, each with its signal name, task and error turn."""
     sequences = {"ground_truth": dialog_sequence(expert_messages(task, fmt), tokenizer)}
     corrected = corrected_dialog(task, trajectory, fmt, reward)
     if corrected is not None:
         sequences["corrected"] = dialog_sequence(corrected[0], tokenizer, train_from=corrected[1])
     turn = trajectory.result.first_failed_turn
-    return [{"signal": "erroneous", "kind": kind, "task_id": task.id, "turn": turn, "ids": ids, "mask": mask}
-            for kind, (ids, mask) in sequences.items()]
+    return [SftSample(Erroneous.name, kind, task.id, turn, ids, mask) for kind, (ids, mask) in sequences.items()]
+
+
+class Erroneous(Signal):
+    """Each failure becomes the task's ground-truth dialog and the model's own dialog corrected at its first
+    failing turn."""
+
+    name, sft, from_failures = "erroneous", True, True
+
+    def failure_samples(self, task: Task, trajectory: Trajectory) -> list[SftSample]:
+        setup = self.setup
+        return erroneous_samples(task, trajectory, setup.fmt, setup.tokenizer, setup.config.env.reward)

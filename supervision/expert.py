@@ -1,5 +1,4 @@
-"""Expert data: ground-truth dialogs (or a user's JSONL of chats) as SFT sequences, and the ground-truth
-trajectory that off-policy supervision puts into a group, played through the real environment."""
+"""Expert data: ground-truth dialogs (or a user's JSONL of chats) as SFT sequences."""
 
 from __future__ import annotations
 
@@ -7,12 +6,11 @@ import json
 import random
 from pathlib import Path
 
-from learner.batch import dialog_sequence
-from rollout.config import RewardConfig
-from rollout.envs import Episode, Task
+from learner.batch import SftSample, dialog_sequence
+from rollout.envs import Task
 from rollout.expert import expert_messages
 from rollout.formats import ToolFormat
-from rollout.worker import Trajectory
+from supervision.signal import Setup, Signal
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -53,42 +51,36 @@ class ExpertData:
         random.Random(seed).shuffle(self.order)
         self.position = 0
 
-    def take(self, n: int) -> list[tuple[list[int], list[int]]]:
-        sequences = []
+    def take(self, n: int) -> list[SftSample]:
+        samples = []
         for _ in range(n):
             index = self.order[self.position % len(self.order)]
             self.position += 1
-            messages = self.chats[index] if self.chats else expert_messages(self.tasks[index], self.fmt)
-            sequences.append(dialog_sequence(messages, self.tokenizer))
-        return sequences
+            if self.chats:
+                kind, task_id, messages = "chat", None, self.chats[index]
+            else:
+                task = self.tasks[index]
+                kind, task_id, messages = "ground_truth", task.id, expert_messages(task, self.fmt)
+            samples.append(SftSample(Expert.name, kind, task_id, None, *dialog_sequence(messages, self.tokenizer)))
+        return samples
 
 
-def play_dialog(task: Task, messages: list[dict], fmt: ToolFormat, reward: RewardConfig):
-    """Act out a dialog's assistant messages in a live episode of ``task``: (result, calls, results)."""
-    episode = Episode(task, reward)
-    calls: list[list] = []
-    results: list[list] = []
-    for message in messages[1:]:
-        if message["role"] == "user":
-            if calls:
-                episode.end_turn()
-            episode.begin_turn()
-            calls.append([])
-            results.append([])
-        elif message["role"] == "assistant":
-            step = episode.act(message["content"], fmt)
-            if step.calls or step.format_error:
-                calls[-1].append(step.calls)
-                results[-1].append(step.observations)
-    episode.end_turn()
-    return episode.result(), calls, results
+class Expert(Signal):
+    """Expert dialogs as SFT data of its own, from a seeded stream whose position the checkpoint keeps."""
 
+    name, sft = "expert", True
 
-def ground_truth_trajectory(task: Task, like: Trajectory, fmt: ToolFormat, tokenizer, reward: RewardConfig) -> Trajectory:
-    """The expert dialog as a group member in ``like``'s place, rewarded by the environment like the others."""
-    messages = expert_messages(task, fmt)
-    ids, mask = dialog_sequence(messages, tokenizer)
-    result, calls, results = play_dialog(task, messages, fmt, reward)
-    return Trajectory(task_id=task.id, group_id=like.group_id, sample_index=like.sample_index, token_ids=ids,
-                      loss_mask=mask, logprobs=[0.0] * len(ids), messages=messages, calls=calls, tool_results=results,
-                      parse_errors=result.format_errors, truncated=False, reward=result.reward, result=result)
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        config = setup.config
+        self.data = ExpertData(setup.tasks, setup.fmt, setup.tokenizer, config.trainer.seed,
+                               config.supervision.expert.jsonl)
+
+    def sft_samples(self, n: int) -> list[SftSample]:
+        return self.data.take(n)
+
+    def state_dict(self) -> dict:
+        return {"expert_position": self.data.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.data.position = state["expert_position"]

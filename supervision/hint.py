@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from rollout.envs import Task
 from rollout.formats import render_call
 from rollout.worker import EpisodeRequest, Trajectory, hinted
 from supervision.llm import ChatClient
+from supervision.signal import Rollouts, Setup, Signal
 
 
 def template_hint(task: Task, detail: str = "arguments") -> str:
@@ -31,6 +33,7 @@ def template_hint(task: Task, detail: str = "arguments") -> str:
     return "Hint: " + "; ".join(f"request {i + 1}: {text}" for i, text in enumerate(parts)) + "."
 
 
+HINT_CACHE = "hint_cache.jsonl"  # the endpoint's hints, keyed by request (as the judge's answers)
 HINT_SYSTEM = ("Write one short hint (one or two sentences) that helps an assistant solve this multi-turn tool "
                "task: which functions to call, in what order, with which key arguments. Do not add anything else.")
 
@@ -83,3 +86,26 @@ def strip_hint(trajectory: Trajectory) -> Trajectory:
         prompt_length=len(prompt),
         unhinted_prompt_ids=[],
     )
+
+
+class Hint(Signal):
+    """A hint from the ground truth in the sampling prompt of the first ``members`` of each group."""
+
+    name = "hint"
+    metric_names = ("supervision/hinted_group_share",)
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        self.config = config = setup.config.supervision.hint
+        self.writer = (LLMHintWriter(config.endpoint, setup.run_dir / HINT_CACHE) if config.writer == "llm"
+                       else partial(template_hint, detail=config.detail))
+
+    def decorate(self, groups: list[list[EpisodeRequest]]) -> list[list[EpisodeRequest]]:
+        return add_hints(groups, self.config.members, self.config.position, self.writer)
+
+    def transform(self, rollouts: Rollouts) -> dict[str, float]:
+        """Weights the hinted tokens (importance_max); the hinted share is of every sampled group."""
+        rollouts.hint_importance_cap = self.config.importance_max
+        groups = {t.group_id for t in rollouts.trajectories}
+        hinted = {t.group_id for t in rollouts.trajectories if t.hint}
+        return {"supervision/hinted_group_share": len(hinted) / max(len(groups), 1)}

@@ -15,13 +15,16 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from learner.batch import dialog_sequence
+from learner.batch import SftSample, dialog_sequence
 from rollout.envs import Task
 from rollout.formats import ToolFormat, render_call
 from rollout.types import ToolCall
+from rollout.worker import Trajectory
 from supervision.config import ReflectionConfig
 from supervision.llm import ChatClient
+from supervision.signal import Setup, Signal
 
+JUDGE_CACHE = "judge_cache.jsonl"  # LLM answers, keyed by request: a resumed or repeated run asks nothing again
 MISTAKES = ("wrong_tool", "wrong_argument", "missing_argument", "missing_precondition", "wrong_order",
             "spurious_call", "premature_stop")
 PRECONDITION_WORDS = ("login", "authenticate")  # BFCL's session calls: message_login, authenticate_twitter, ...
@@ -163,7 +166,7 @@ class LLMJudge:
                                      {"role": "user", "content": json.dumps(attempt, indent=1)}])
 
 
-def reflection_sample(task: Task, trajectory, text: str, fmt: ToolFormat, tokenizer) -> dict:
+def reflection_sample(task: Task, trajectory: Trajectory, text: str, fmt: ToolFormat, tokenizer) -> SftSample:
     """The reflection as an SFT sequence: the tools and the attempt as the prompt, the review as the answer."""
     attempt = "\n".join(
         f"Request {t + 1}: {' '.join(task.turns[t])}\nCalls: {_calls_text([c for s in trajectory.calls[t] for c in s])}"
@@ -172,5 +175,21 @@ def reflection_sample(task: Task, trajectory, text: str, fmt: ToolFormat, tokeni
                 {"role": "user", "content": f"Review this attempt turn by turn.\n{attempt}"},
                 {"role": "assistant", "content": text}]
     ids, mask = dialog_sequence(messages, tokenizer)
-    return {"signal": "reflection", "kind": "reflection", "task_id": task.id,
-            "turn": trajectory.result.first_failed_turn, "ids": ids, "mask": mask}
+    return SftSample(Reflection.name, "reflection", task.id, trajectory.result.first_failed_turn, ids, mask)
+
+
+class Reflection(Signal):
+    """Each failure becomes the judge's review of it."""
+
+    name, sft, from_failures = "reflection", True, True
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        config = setup.config.supervision.reflection
+        self.judge = (LLMJudge(config, setup.run_dir / JUDGE_CACHE) if config.judge == "llm"
+                      else RuleJudge(config, setup.fmt, setup.tasks))
+
+    def failure_samples(self, task: Task, trajectory: Trajectory) -> list[SftSample]:
+        result = trajectory.result
+        text = self.judge.review(task, trajectory.calls, result.first_failed_turn, result.failure)
+        return [reflection_sample(task, trajectory, text, self.setup.fmt, self.setup.tokenizer)]

@@ -86,4 +86,4 @@ def test_a_group_that_off_policy_rescues_is_informative_and_trains_with_its_grou
     assert batch.advantages[1] > 0 > batch.advantages[0]
     assert metrics["supervision/replaced_group_share"] == 0.5
     # group b stays out of the update, but its failure still reaches the failure buffer
-    assert {item["task_id"] for item in supervisor.failures.items} == {task.id for task in tasks}
+    assert {item.task_id for item in supervisor.failures.items} == {task.id for task in tasks}

@@ -46,16 +46,16 @@ def _check_interleaved(signal):
             return
         tasks = {t.id: t for t in scheduler.sampler.tasks}
         items = list(scheduler.supervisor.failures.items)
-        assert {i["signal"] for i in items} == ({"erroneous", "reflection"} if signal == "reflection" else {"erroneous"})
+        assert {i.signal for i in items} == ({"erroneous", "reflection"} if signal == "reflection" else {"erroneous"})
         assert steps[0]["supervision/collected/erroneous"] == 4  # a failure per group, two samples each
         tokenizer = scheduler.supervisor.tokenizer
         for item in items:
-            text = _masked_text(tokenizer, item["ids"], item["mask"])
-            truth = tasks[item["task_id"]].ground_truth[item["turn"]]
-            if item["kind"] == "corrected" and truth:  # trained on the ground truth of the error turn
+            text = _masked_text(tokenizer, item.ids, item.mask)
+            truth = tasks[item.task_id].ground_truth[item.turn]
+            if item.kind == "corrected" and truth:  # trained on the ground truth of the error turn
                 assert text.startswith(get_format("hermes").render([truth[0]]))
-            if item["kind"] == "reflection":
-                assert f"Turn {item['turn'] + 1}." in text and "Mistake:" in text
+            if item.kind == "reflection":
+                assert f"Turn {item.turn + 1}." in text and "Mistake:" in text
     return check
 
 

@@ -18,10 +18,12 @@ from rollout.expert import expert_messages
 from rollout.formats import get_format
 from rollout.types import ToolCall
 from supervision.config import EndpointConfig, ReflectionConfig
-from supervision.erroneous import FailureBuffer, corrected_dialog, erroneous_samples
-from supervision.expert import ExpertData, ground_truth_trajectory, read_chats
+from supervision.erroneous import corrected_dialog, erroneous_samples
+from supervision.expert import ExpertData, read_chats
 from supervision.hint import LLMHintWriter, strip_hint, template_hint
+from supervision.off_policy import ground_truth_trajectory
 from supervision.reflection import LLMJudge, RuleJudge, classify, review_turns
+from supervision.signal import FailureBuffer
 
 HERMES = get_format("hermes")
 
@@ -86,17 +88,17 @@ def test_erroneous_samples_correct_the_first_failing_turn(tokenizer):
     corrected = [m["content"] for m in messages[train_from:] if m["role"] == "assistant"]
     assert corrected[:-1] == [HERMES.render([c]) for c in task.ground_truth[turn]]
     samples = erroneous_samples(task, trajectory, HERMES, tokenizer, RewardConfig())
-    assert [(s["kind"], s["turn"]) for s in samples] == [("ground_truth", 1), ("corrected", 1)]
-    ids, mask = samples[1]["ids"], samples[1]["mask"]
+    assert [(s.kind, s.turn) for s in samples] == [("ground_truth", 1), ("corrected", 1)]
+    ids, mask = samples[1].ids, samples[1].mask
     trained = tokenizer.decode([t for t, m in zip(ids, mask) if m])
     assert wrong not in trained and HERMES.render([first]) in trained and turns[0][0] not in trained
     buffer = FailureBuffer(3)
     buffer.add(samples * 2)  # 4 samples, the oldest drops out
-    assert [s["kind"] for s in buffer.take(2)] == ["corrected", "ground_truth"]
-    assert [s["kind"] for s in buffer.take(5)] == ["corrected", "corrected", "ground_truth"]  # at most all, cycling
+    assert [s.kind for s in buffer.take(2)] == ["corrected", "ground_truth"]
+    assert [s.kind for s in buffer.take(5)] == ["corrected", "corrected", "ground_truth"]  # at most all, cycling
     again = FailureBuffer(3)
     again.restore(json.loads(json.dumps(buffer.state())))
-    assert again.take(1)[0]["ids"] == buffer.take(1)[0]["ids"]
+    assert again.take(1)[0] == buffer.take(1)[0]
 
 
 def _bfcl(task_id: str):
@@ -180,13 +182,15 @@ def test_expert_data_from_tasks_or_a_jsonl_file(tokenizer, tmp_path):
     stream = ExpertData(tasks, HERMES, tokenizer, seed=0)
     first = stream.take(5)
     assert len(first) == 5 and stream.position == 5
-    assert sorted(map(tuple, (ids for ids, _ in first[:4]))) == sorted(
+    assert {s.task_id for s in first[:4]} == {t.id for t in tasks} and {s.kind for s in first} == {"ground_truth"}
+    assert sorted(tuple(s.ids) for s in first[:4]) == sorted(
         tuple(dialog_sequence(expert_messages(t, HERMES), tokenizer)[0]) for t in tasks)
     chats = tmp_path / "chats.jsonl"
     chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
                                               {"role": "assistant", "content": "hello"}]}) + "\n")
-    (ids, mask), = ExpertData([], HERMES, tokenizer, 0, str(chats)).take(1)
-    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == "hello<|im_end|>"
+    (sample,) = ExpertData([], HERMES, tokenizer, 0, str(chats)).take(1)
+    assert (sample.signal, sample.kind, sample.task_id) == ("expert", "chat", None)
+    assert tokenizer.decode([t for t, m in zip(sample.ids, sample.mask) if m]) == "hello<|im_end|>"
     chats.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
     with pytest.raises(ValueError, match=r"chats.jsonl:1: expected"):
         read_chats(chats)
