@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from scripted import scripted_episode
 
 from cluster.config import load_config
 from cluster.sampling import TaskSampler, draw_informative
 from rollout.chat import load_tokenizer
 from rollout.envs import load_tasks
 from supervision.supervisor import Supervisor
+from tests.scripted import scripted_episode
 
 
 def _roller(sampler: TaskSampler, informative_tasks: set[int]):

@@ -14,7 +14,7 @@ import pytest
 
 from cluster.report import load_run, reward_figure, run_labels, run_summary, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATES = ("healthy_tool_call", "healthy_response", "polluted", "collapsed")
 CONTROL = {"call_open": ("healthy", "im_end", "tool_call"), "call_close": ("im_end", "text"), "turn_end": ("im_end",)}
 

@@ -11,7 +11,7 @@ import pytest
 
 from cluster.config import load_config
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 RL_LR, LR_SCALE, SFT_STEPS = 1e-2, 0.1, 2
 
 

@@ -20,7 +20,7 @@ from rollout.expert import expert_messages
 from rollout.formats import get_format
 from rollout.worker import EpisodeRequest, LiveEpisode
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATES = ("healthy_tool_call", "healthy_response", "polluted", "collapsed")
 
 

@@ -43,7 +43,7 @@ def test_killed_checkpoint_write_leaves_the_previous_checkpoint_loadable(tiny_mo
 
     directory = tmp_path / "checkpoints"
     child = subprocess.Popen([sys.executable, "-c", CHILD, tiny_model_dir, str(directory)],
-                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     assert child.stdout.readline().strip() == "saved"
     deadline = time.time() + 120
     while not any(p.name.startswith(".step_") and (p / "model.safetensors").exists() for p in directory.iterdir()):

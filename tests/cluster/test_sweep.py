@@ -15,7 +15,7 @@ from cluster.comparison import compare, markdown, run_outcome, table_cells
 from cluster.config import dump_config
 from cluster.sweep import is_finished, load_preset, plan, prepare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ("rl", "sft_then_rl", "sync_expert", "interleaved_expert", "sync_off_policy", "sync_hint",
            "interleaved_erroneous", "interleaved_reflection")
 

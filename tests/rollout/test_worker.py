@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from scripted import scripted_episode
 
 from rollout.chat import load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
@@ -11,6 +10,7 @@ from rollout.envs import load_tasks
 from rollout.expert import expert_messages
 from rollout.formats import get_format
 from rollout.worker import EpisodeRequest, LiveEpisode, RolloutWorker
+from tests.scripted import scripted_episode
 
 CONFIG = RolloutConfig(max_new_tokens=48, max_total_tokens=1024)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from scripted import CONFIG
 
 from rollout.chat import load_tokenizer
 from rollout.config import RewardConfig
@@ -18,6 +17,7 @@ from rollout.structure import (
     structure_shares,
 )
 from rollout.worker import EpisodeRequest, LiveEpisode
+from tests.scripted import CONFIG
 
 CALL = '<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>'
 CD = '<tool_call>\n{"name": "cd", "arguments": {"folder": "docs"}}\n</tool_call>'

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from cluster.config import ConfigError, ToolRLConfig, dump_config, load_config
 
-PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml"
+PRESET = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
 
 
 def models(model: type[BaseModel]):

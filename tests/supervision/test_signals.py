@@ -8,7 +8,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
 import pytest
-from scripted import scripted_episode
 
 from learner.batch import dialog_sequence
 from rollout.chat import load_tokenizer
@@ -24,6 +23,7 @@ from supervision.hint import LLMHintWriter, strip_hint, template_hint
 from supervision.off_policy import ground_truth_trajectory
 from supervision.reflection import LLMJudge, RuleJudge, classify, review_turns
 from supervision.signal import FailureBuffer
+from tests.scripted import scripted_episode
 
 HERMES = get_format("hermes")
 

@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 
 import pytest
-from scripted import scripted_episode
 
 from cluster.config import load_config
 from learner.batch import Origin, dialog_sequence
@@ -15,6 +14,7 @@ from rollout.envs import load_tasks
 from rollout.expert import expert_messages
 from supervision.hint import template_hint
 from supervision.supervisor import Supervisor
+from tests.scripted import scripted_episode
 
 FAIL = "I cannot help."
 KEYS = ["supervision/hinted_group_share", "supervision/replaced_group_share", "supervision/collected/erroneous",

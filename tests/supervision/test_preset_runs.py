@@ -13,7 +13,7 @@ from rollout.expert import expert_messages
 from rollout.formats import get_format
 from rollout.worker import group_requests
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 PRESETS = ("rl", "sft_then_rl", "sync_expert", "interleaved_expert", "sync_off_policy", "sync_hint",
            "interleaved_erroneous", "interleaved_reflection")
 
