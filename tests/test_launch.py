@@ -17,10 +17,19 @@ def launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
+HELP_NAMES = {  # what each help must name: the subcommands, or the command's own options
+    (): ("tasks", "check", "eval", "train", "report", "sweep", "bootstrap", "submit", "jobs"),
+    ("tasks",): ("--env", "--split", "--n", "--json", "--set"),
+    ("check",): ("--env", "--split", "--mode", "--set"),
+    ("eval",): ("--model", "--suite", "--samples", "--temperature", "--set"),
+}
+
+
 @pytest.mark.parametrize("command", [[], ["tasks"], ["check"], ["eval"]])
 def test_help(command):
     result = launch(*command, "--help")
-    assert result.returncode == 0 and "usage:" in result.stdout
+    assert result.returncode == 0 and result.stdout.startswith(" ".join(["usage: launch.py", *command]))
+    assert all(name in result.stdout for name in HELP_NAMES[tuple(command)])
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,10 @@ def test_quick_sweep_completes_and_a_second_invocation_redoes_nothing(tmp_path):
     report = json.loads((out / "comparison.json").read_text())
     assert [(r["configuration"], r["seed"]) for r in report["runs"]] == [("rl", 0), ("sft_then_rl", 0)]
     for run in report["runs"]:
-        assert all(0.0 <= run[suite] <= 1.0 for suite in ("id", "format_ood", "content_ood"))
+        logged = (out / run["configuration"] / f"seed{run['seed']}" / "metrics.jsonl").read_text().splitlines()
+        final = json.loads(logged[-1])  # the comparison's numbers are the run's last logged evals
+        assert [run[suite] for suite in ("id", "format_ood", "content_ood")] == [
+            final["eval/success"], final["eval/format_ood/success"], final["eval/content_ood/success"]]
         assert run["wall_s"] > 0 and run["collapsed"] in (True, False)
     sft = [json.loads(line) for line in (out / "sft_then_rl" / "seed0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["update/sft"] for r in sft] == [1.0, 0.0] and "eval/content_ood/success" in sft[-1]

