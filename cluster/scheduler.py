@@ -188,9 +188,9 @@ class Scheduler:
         return metrics[-1]
 
     def _probe_batch(self, trajectories: list[Trajectory]) -> SequenceBatch:
-        """PROBE_SEQUENCES of the step's samples, every group's first one first. The probe's forward pass
-        is not cheaper for keeping the output layer to the scored positions (measured: 10 %); its cost is
-        its number of sequences (8 a step: 7.3 % of the paper-tiny sweep's step time)."""
+        """PROBE_SEQUENCES of the step's samples, every group's first one first. The probe's cost is its
+        number of sequences (the full output layer is kept: restricting it to the scored positions did not
+        pay; measurements in docs/diagnostics.md)."""
         batch = rl_batch(trajectories, self.config.learner.scale_advantages_by_std,
                          temperature=self.config.rollout.temperature)
         order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].sample_index)

@@ -60,7 +60,8 @@ class SweepPreset(BaseModel):
     set: list[str] = Field([], description="KEY=VALUE overrides for every run, applied before each configuration's.")
     configurations: list[Configuration] = Field(min_length=1, description="The rows of the comparison.")
     parallel: int = Field(1, ge=1, description="Runs trained at once, each on its own actors (launch.py sweep "
-                          "--parallel overrides): one run leaves part of a small machine idle (2 cores: ~25 %).")
+                          "--parallel overrides): one run leaves part of a small machine idle while its phases "
+                          "wait on each other.")
     quick: QuickVariant | None = Field(None, description="The --quick variant (for tests).")
 
     @model_validator(mode="after")
@@ -170,7 +171,8 @@ def actor_key(config: ToolRLConfig) -> str:
 
 class Actors:
     """The engines and learners of the sweep's last run, kept for the next run with the same ``actor_key``:
-    building them (vLLM engine start, process group, sharding) is ~17 s of a ~2-minute tiny run."""
+    building them (vLLM engine start, process group, sharding) is a large share of a short run (measured in
+    docs/cli.md, sweep)."""
 
     def __init__(self):
         self.key, self.pool, self.learners = None, None, None

@@ -170,12 +170,11 @@ class WatchedMetric(BaseModel):
 
 
 def _default_watch() -> dict[str, WatchedMetric]:
-    # Not control/call_open/tool_call/*: on the embedded default (untrained by RL) one message that loops
-    # "<tool_call>\n<tool_call>\n..." to max_new_tokens puts p ~ 1 at ~90 call_open positions, so that
-    # metric's max, p99 and even mean reach 0.5-1.0 in 3 of 8 healthy steps (README, Alarm).
+    # Not control/call_open/tool_call/*: one message that loops "<tool_call>\n<tool_call>\n..." to
+    # max_new_tokens puts p ~ 1 at many call_open positions, so that metric is high in healthy steps too.
+    # The thresholds sit between healthy and collapsed runs (measurements: docs/supervision.md, Alarm).
     return {
         "control/call_open/im_end/max": WatchedMetric(threshold=0.5, min_jump=0.2),
-        # healthy default: 0-8 % collapsed messages per step; lr 1e-3 runs that ended at 0-4 % success: 13-91 %
         "structure/collapsed": WatchedMetric(threshold=0.3, min_jump=0.1),
     }
 
