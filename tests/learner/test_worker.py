@@ -152,7 +152,6 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir):
             ray.kill(rank)
     (metrics_1, weights_1), (metrics_2, weights_2) = results[1], results[2]
     assert metrics_1["pg_loss"] == pytest.approx(metrics_2["pg_loss"], abs=1e-6)
-    assert metrics_1["kl_ref"] == pytest.approx(metrics_2["kl_ref"], abs=1e-6)
     # Adam turns float-noise-sized gradients into lr-sized steps, so grad norms agree to float noise
     # accumulated over 2 mini-batches and weights to a fraction of lr
     assert metrics_1["grad_norm"] == pytest.approx(metrics_2["grad_norm"], rel=1e-4)
