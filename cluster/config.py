@@ -24,12 +24,12 @@ class ConfigError(ValueError):
 class DynamicSamplingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(False, description="DAPO's dynamic sampling: after the step's tasks_per_step tasks, draw "
+    enabled: bool = Field(True, description="DAPO's dynamic sampling: after the step's tasks_per_step tasks, draw "
                           "tasks_per_step more (and roll them out) until tasks_per_step groups have unequal rewards "
                           "(judged after supervision, so a group that off_policy gives the ground truth counts); "
                           "the update trains on the first tasks_per_step of them. Flat and surplus groups stay in "
                           "the rollout metrics and feed the failure buffer.")
-    max_draws: int = Field(4, ge=1, description="Draws per step at most, the first one included (verl's "
+    max_draws: int = Field(3, ge=1, description="Draws per step at most, the first one included (verl's "
                            "max_num_gen_batches); when they run out the step trains on the informative groups found.")
 
 
@@ -38,23 +38,23 @@ class TrainerConfig(BaseModel):
 
     model: str = Field("default", description="Local HF model directory to start from, or 'default' (the "
                        "committed embedded policy).")
-    total_steps: int = Field(20, ge=1, description="Training steps (sample → supervise → update → sync → observe).")
+    total_steps: int = Field(16, ge=1, description="Training steps (sample → supervise → update → sync → observe).")
     tasks_per_step: int = Field(4, ge=1, description="Tasks drawn per step; each is rolled out group_size times.")
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig,
                                                     description="Draw further tasks until the update has "
                                                     "tasks_per_step informative groups (DAPO).")
     run_dir: str | None = Field(None, description="Run directory (default: runs/<name>).")
     resume: bool = Field(False, description="Continue from the run directory's latest checkpoint.")
-    eval_every: int = Field(10, ge=0, description="Greedy eval on env.eval_split every N steps, before step 1 and "
+    eval_every: int = Field(8, ge=0, description="Greedy eval on env.eval_split every N steps, before step 1 and "
                             "after the last step (0: never).")
-    eval_tasks: int = Field(100, ge=1, description="Evaluate on the first N tasks of the eval split.")
+    eval_tasks: int = Field(200, ge=1, description="Evaluate on the first N tasks of the eval split.")
     eval_suites: list[Literal["id", "format_ood", "content_ood"]] = Field(
         ["id", "format_ood", "content_ood"], min_length=1,
         description="Suites of the periodic eval (rollout/evaluate.py): id (env.eval_split), format_ood (the same "
         "tasks in another tool-call syntax), content_ood (synth ood_content; bfcl held-out categories).",
     )
-    ood_eval_tasks: int = Field(50, ge=1, description="Tasks of each OOD suite in the periodic eval (its first N).")
-    save_every: int = Field(10, ge=0, description="Checkpoint every N steps and after the last step (0: only "
+    ood_eval_tasks: int = Field(20, ge=1, description="Tasks of each OOD suite in the periodic eval (its first N).")
+    save_every: int = Field(8, ge=0, description="Checkpoint every N steps and after the last step (0: only "
                             "after the last).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest deleted first).")
     samples_per_step: int = Field(2, ge=0, description="Trajectories per step written as text to samples/.")

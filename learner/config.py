@@ -58,7 +58,7 @@ class LearnerConfig(BaseModel):
     )
     sft_lr: float | None = Field(None, gt=0, description="Learning rate of SFT updates (default: lr).")
     warmup_steps: int = Field(
-        0, ge=0, description="Linear warmup from 0 to the peak lr over this many optimizer updates actually "
+        2, ge=0, description="Linear warmup from 0 to the peak lr over this many optimizer updates actually "
         "applied (a training step whose groups were all flat makes none, so it does not use up the warmup).",
     )
     lr_schedule: Literal["constant", "cosine"] = Field(
