@@ -352,10 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=cmd_sweep)
 
     boot = commands.add_parser("bootstrap", help="train the embedded default policy by SFT on expert dialogs")
-    boot.add_argument("--out", default="assets/default-policy",
-                      help="model directory to write; must not exist yet (default: assets/default-policy)")
+    boot.add_argument("--out", default="assets/base-policy",
+                      help="model directory to write; must not exist yet (default: assets/base-policy)")
     boot.add_argument("--steps", type=positive_int, default=BOOTSTRAP_STEPS,
-                      help=f"optimizer steps (default: {BOOTSTRAP_STEPS}, the committed default's recipe)")
+                      help=f"optimizer steps (default: {BOOTSTRAP_STEPS}, the committed base's recipe)")
     boot.add_argument("--seed", type=int, default=0, help="seed of the model init, tokenizer corpus and data (default: 0)")
     boot.add_argument("--size", choices=["tiny", "small"], default="tiny", help="model size preset (default: tiny)")
     boot.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-BOOTSTRAP_STEPS = 1400  # optimizer steps of the committed default's recipe (launch.py bootstrap --steps)
+BOOTSTRAP_STEPS = 1400  # optimizer steps of the committed base policy's recipe (launch.py bootstrap --steps)
 
 
 def warmup_cosine(step: int, warmup: int = 0, decay_steps: int | None = None, floor: float = 0.0) -> float:
