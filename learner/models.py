@@ -50,6 +50,7 @@ def load_policy(
 
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "assets" / "default-policy"
+BASE_POLICY = DEFAULT_POLICY.with_name("base-policy")  # the first bootstrap stage, the default's init
 
 
 def default_policy() -> Path:

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["trainer.total_steps=2", "trainer.tasks_per_step=1", "rollout.group_size=2", "rollout.max_new_tokens=16",
-         "trainer.eval_every=0", "trainer.save_every=0", "trainer.samples_per_step=0"]
+         "trainer.eval_every=0", "trainer.save_every=0", "trainer.samples_per_step=0", "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0"]
 INTERLEAVED = ["supervision.interleaved.rl_steps=1", "supervision.interleaved.sft_batch_size=2"]  # RL, SFT
 PRESETS = {
     # SFT, RL; with a tiny eval after the last step, so the eval line and the closing line show too

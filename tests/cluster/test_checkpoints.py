@@ -21,7 +21,7 @@ from learner.config import LearnerConfig
 from learner.worker import Learner, free_port
 
 model, directory = sys.argv[1], Path(sys.argv[2])
-learner = Learner(model, LearnerConfig(lr=1e-2, threads=1))
+learner = Learner(model, LearnerConfig(lr=1e-2, threads=1, warmup_steps=0))
 learner.connect("127.0.0.1", free_port())
 batch = SequenceBatch([[5, 6, 7, 8, 9]], [[0, 0, 1, 1, 1]])
 learner.sft_update(batch)
@@ -61,7 +61,7 @@ def test_killed_checkpoint_write_leaves_the_previous_checkpoint_loadable(tiny_mo
 
     from learner.worker import free_port
 
-    learner = Learner(str(latest), LearnerConfig(threads=1))
+    learner = Learner(str(latest), LearnerConfig(threads=1, warmup_steps=0))
     learner.connect("127.0.0.1", free_port())
     try:
         state = learner.load(str(latest))

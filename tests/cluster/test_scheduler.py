@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cluster.config import load_config
+from learner.models import BASE_POLICY
 
 
 def _config(model: str, run_dir, *extra: str):
@@ -18,7 +19,9 @@ def _config(model: str, run_dir, *extra: str):
         "rollout.max_new_tokens=24", "learner.lr=1e-3",
         # a random policy earns no reward, so advantages are zero: the entropy bonus makes the update real
         # (and the flat groups must stay in the batch for it)
-        "learner.entropy_coef=0.05", "learner.skip_flat_groups=false", *extra,
+        "learner.entropy_coef=0.05", "learner.skip_flat_groups=false",
+        # a random policy has no informative group to draw for; updates at full lr from the first
+        "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0", *extra,
     ])
 
 
@@ -155,14 +158,15 @@ def test_a_step_without_an_update_still_reports_the_control_tokens(ray_local, tm
 
 @pytest.mark.slow
 def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly(ray_local, tmp_path):
-    """The default policy on one task a step: most groups of 4 are flat, so steps draw again, up to the cap.
+    """The base policy on one task a step: most groups of 4 are flat, so steps draw again, up to the cap.
     A run stopped after step 1's checkpoint and resumed repeats step 2, its further draws included."""
     from cluster.checkpoints import LATEST
     from cluster.scheduler import Scheduler
 
     def config(run_dir, *extra: str):
         return load_config(None, [
-            f"trainer.run_dir={run_dir}", "trainer.total_steps=2", "trainer.eval_every=0", "trainer.save_every=1",
+            f"trainer.model={BASE_POLICY}", f"trainer.run_dir={run_dir}", "trainer.total_steps=2",
+            "trainer.eval_every=0", "trainer.save_every=1", "learner.warmup_steps=0",
             "trainer.tasks_per_step=1", "rollout.group_size=4", "rollout.max_new_tokens=64",
             "env.reward.shaping=turn_fraction",  # partial credit: more groups with unequal rewards
             "trainer.dynamic_sampling.enabled=true", "trainer.dynamic_sampling.max_draws=4", *extra])

@@ -177,7 +177,7 @@ def test_step_statistics_pool_every_micro_batch():
 def test_rl_update_and_the_probe_report_the_control_tokens_of_the_forward_pass(tiny_model_dir):
     """The wired-in metrics, and the probe's of steps without an update, equal the diagnostics of the
     policy's logits before the step."""
-    config = LearnerConfig(lr=1e-3, micro_batch_size=2, mini_batch_tasks=0, threads=2)
+    config = LearnerConfig(lr=1e-3, micro_batch_size=2, mini_batch_tasks=0, threads=2, warmup_steps=0)
     learner = Learner(tiny_model_dir, config)
     learner.connect("127.0.0.1", free_port())
     try:
@@ -217,7 +217,7 @@ def test_two_ranks_report_the_control_tokens_of_one(tiny_model_dir):
     sequences = [dialog_sequence([{"role": "user", "content": "go"}, {"role": "assistant", "content": reply}],
                                  tokenizer) for reply in replies]
     batch = SequenceBatch([s[0] for s in sequences], [s[1] for s in sequences], [1.0, -1.0, 0.5])
-    config = LearnerConfig(lr=1e-4, micro_batch_size=1, mini_batch_tasks=0, threads=1)
+    config = LearnerConfig(lr=1e-4, micro_batch_size=1, mini_batch_tasks=0, threads=1, warmup_steps=0)
     results = {}
     for world in (1, 2):
         group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), seed=0)

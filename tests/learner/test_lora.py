@@ -16,7 +16,7 @@ from learner.worker import Learner, free_port
 from rollout.chat import load_tokenizer
 from tests.learner.test_worker import random_batch
 
-CONFIG = LearnerConfig(lr=1e-2, micro_batch_size=2, threads=1, lora=LoraConfig(rank=4))
+CONFIG = LearnerConfig(lr=1e-2, micro_batch_size=2, threads=1, lora=LoraConfig(rank=4), warmup_steps=0)
 
 
 def in_process(model_dir: str, config: LearnerConfig = CONFIG, seed: int = 0) -> Learner:

@@ -28,7 +28,7 @@ def random_batch(vocab: int, n: int, seed: int, with_advantages: bool = True) ->
 
 @pytest.fixture
 def learner(tiny_model_dir):
-    config = LearnerConfig(lr=1e-3, micro_batch_size=2, threads=2)
+    config = LearnerConfig(lr=1e-3, micro_batch_size=2, threads=2, warmup_steps=0)
     instance = Learner(tiny_model_dir, config)
     instance.connect("127.0.0.1", free_port())
     yield instance
@@ -88,7 +88,7 @@ def test_combined_update_scales_the_sft_term_by_lambda(learner):
 
 
 def test_hint_rows_are_importance_weighted_and_expert_rows_skip_the_sync_check(tiny_model_dir):
-    learner = Learner(tiny_model_dir, LearnerConfig(lr=1e-30, threads=2))  # gradients only: weights stay put
+    learner = Learner(tiny_model_dir, LearnerConfig(lr=1e-30, threads=2, warmup_steps=0))  # gradients only: weights stay put
     learner.connect("127.0.0.1", free_port())
     try:
         batch = random_batch(len(learner.tokenizer), 2, seed=4)
@@ -133,7 +133,7 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir):
     from cluster.local import init_ray
 
     init_ray()
-    config = LearnerConfig(lr=1e-4, micro_batch_size=2, kl_coef=0.1, mini_batch_tasks=1, threads=1)
+    config = LearnerConfig(lr=1e-4, micro_batch_size=2, kl_coef=0.1, mini_batch_tasks=1, threads=1, warmup_steps=0)
     from rollout.chat import load_tokenizer
 
     vocab = len(load_tokenizer(tiny_model_dir))

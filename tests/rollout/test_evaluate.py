@@ -121,7 +121,7 @@ def test_periodic_eval_logs_the_three_suites(ray_local, tiny_model_dir, tmp_path
     config = load_config(None, [
         f"trainer.model={tiny_model_dir}", f"trainer.run_dir={run_dir}", "trainer.total_steps=1",
         "trainer.tasks_per_step=1", "rollout.group_size=2", "rollout.max_new_tokens=16", "trainer.eval_every=1",
-        "trainer.eval_tasks=3", "trainer.ood_eval_tasks=2", "trainer.save_every=0",
+        "trainer.eval_tasks=3", "trainer.ood_eval_tasks=2", "trainer.save_every=0", "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0",
     ])
     scheduler = Scheduler(config)
     assert [(s.name, s.format, len(s.tasks)) for s in scheduler.eval_suites] == [

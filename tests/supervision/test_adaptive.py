@@ -10,21 +10,22 @@ from pathlib import Path
 import pytest
 
 from cluster.config import load_config
+from learner.models import BASE_POLICY
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 RL_LR, LR_SCALE, SFT_STEPS = 1e-2, 0.1, 2
 
 
 def _config(run_dir, *extra: str):
-    # The embedded default has the format (3/4 of its messages are healthy calls, ~2 % collapsed); one
+    # The base policy (the first bootstrap stage) has the format (3/4 of its messages are healthy calls, ~2 % collapsed); one
     # GRPO step at lr 1e-2 wrecks it (~90 % collapsed). Two SFT steps alone do not repair that (measured:
     # still ~80 % collapsed at sft_lr 1e-3); the rollback does, and SFT at the policy's final bootstrap lr
     # keeps what it restored.
     return load_config(CONFIGS / "adaptive.yaml", [
-        f"trainer.run_dir={run_dir}", "trainer.total_steps=8", "trainer.tasks_per_step=2", "trainer.eval_every=0",
+        f"trainer.model={BASE_POLICY}", f"trainer.run_dir={run_dir}", "trainer.total_steps=8", "trainer.tasks_per_step=2", "trainer.eval_every=0",
         "trainer.save_every=1", "trainer.samples_per_step=0", "rollout.group_size=4", "rollout.max_new_tokens=48",
         f"learner.lr={RL_LR}", "learner.sft_lr=1e-4", "learner.skip_flat_groups=false",  # every RL step updates
-        f"supervision.adaptive.sft_steps={SFT_STEPS}",
+        f"supervision.adaptive.sft_steps={SFT_STEPS}", "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0",
         "supervision.adaptive.sft_batch_size=8", f"supervision.adaptive.lr_scale={LR_SCALE}", *extra,
     ])
 

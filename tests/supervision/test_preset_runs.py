@@ -113,7 +113,7 @@ def test_preset_runs_and_its_signal_acts(preset, ray_local, tiny_model_dir, tmp_
                  "trainer.tasks_per_step=2", "trainer.eval_every=0", "trainer.samples_per_step=1",
                  "rollout.group_size=2", "rollout.max_new_tokens=16", "learner.lr=1e-3",
                  "supervision.interleaved.rl_steps=2", "supervision.interleaved.sft_steps=1",
-                 "supervision.interleaved.sft_batch_size=4", *EXTRA.get(preset, [])]
+                 "supervision.interleaved.sft_batch_size=4", "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0", *EXTRA.get(preset, [])]
     config = load_config(CONFIGS / f"{preset}.yaml", overrides)
     scheduler = Scheduler(config)
     try:
