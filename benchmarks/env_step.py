@@ -13,11 +13,11 @@ import argparse
 import statistics
 import time
 
-from rollout.envs import Episode, load_tasks
+from rollout.envs import EnvEpisode, load_tasks
 
 
 def live_turn_seconds(task) -> list[float]:
-    episode = Episode(task)
+    episode = EnvEpisode(task)
     seconds = []
     for calls in task.ground_truth:
         start = time.perf_counter()
@@ -31,7 +31,7 @@ def live_turn_seconds(task) -> list[float]:
 
 def replay_turn_seconds(task, turn: int) -> float:
     start = time.perf_counter()
-    episode = Episode(task)
+    episode = EnvEpisode(task)
     for calls in task.ground_truth[: turn + 1]:
         episode.begin_turn()
         if calls:

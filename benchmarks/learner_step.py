@@ -29,7 +29,7 @@ from learner.bootstrap import CorpusMix, build_default_model, mixed_stream
 from learner.config import LearnerConfig
 from learner.diagnostics import control_values
 from learner.models import DEFAULT_POLICY
-from learner.worker import Learner, free_port
+from learner.rank import Learner, free_port
 
 
 def learner_rate(model_dir: str, sequences: int, length: int, repeats: int) -> float:

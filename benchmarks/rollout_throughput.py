@@ -2,7 +2,7 @@
 
 - worker: one vLLM engine, every pending assistant turn of every live episode in one engine call.
 - naive: the same model in transformers, HF ``generate`` one episode at a time, driving the very same
-  episode logic (``LiveEpisode``); a subset of the tasks, since tokens/s is a rate.
+  episode logic (``TokenEpisode``); a subset of the tasks, since tokens/s is a rate.
 - scaling: a RolloutPool of 1 and of 2 Ray actors on the same batch.
 Generated tokens are counted the same way everywhere: the sum of every trajectory's loss mask.
 
@@ -24,7 +24,7 @@ from learner.bootstrap import build_default_model
 from learner.models import load_policy
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
-from rollout.worker import EpisodeRequest, LiveEpisode, RolloutPool, RolloutWorker, group_requests
+from rollout.worker import EpisodeRequest, RolloutPool, RolloutWorker, TokenEpisode, group_requests
 
 
 def requests_for(tasks, group: int) -> list[EpisodeRequest]:
@@ -44,7 +44,7 @@ def naive_rate(model_dir: str, config: RolloutConfig, requests) -> float:
     model.eval()
     generated, start = 0, time.perf_counter()
     for request in requests:
-        episode = LiveEpisode(request, tokenizer, config, RewardConfig())
+        episode = TokenEpisode(request, tokenizer, config, RewardConfig())
         torch.manual_seed(request.seed)
         while not episode.done:
             with torch.no_grad():

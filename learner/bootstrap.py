@@ -35,9 +35,9 @@ from learner.config import BOOTSTRAP_STEPS, warmup_cosine
 from learner.losses import sequence_logprobs, sft_loss
 from learner.models import CARD_NAME, atomic_directory, load_policy
 from rollout.chat import CHAT_TEMPLATE, IM_END, PAD, SPECIAL_TOKENS, render_dialog
+from rollout.dialogs import expert_messages, ground_truth_results
 from rollout.envs import load_tasks
 from rollout.envs.synth import content_key, generate_task
-from rollout.expert import expert_messages, ground_truth_results
 from rollout.formats import FORMATS, get_format
 from rollout.variants import mistaken_calls
 

@@ -6,7 +6,7 @@ import torch
 
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig
-from learner.worker import Learner
+from learner.rank import Learner
 
 
 class LearnerGroup:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rollout.chat import IM_END, load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
-from rollout.envs import Episode, EpisodeResult, Task
+from rollout.envs import EnvEpisode, EpisodeResult, Task
 from rollout.formats import get_format
 from rollout.types import ToolCall
 
@@ -67,13 +67,14 @@ def hinted(content: str, hint: str, position: str) -> str:
     return f"{content}\n{hint}" if position == "system" else f"{hint}\n{content}"
 
 
-class LiveEpisode:
-    """One episode in progress: the token stream, its masks, and the environment behind it."""
+class TokenEpisode:
+    """The token side of one episode in progress: the token stream, its masks and logprobs, and the
+    EnvEpisode behind it."""
 
     def __init__(self, request: EpisodeRequest, tokenizer, config: RolloutConfig, reward: RewardConfig):
         self.request, self.tokenizer, self.config = request, tokenizer, config
         self.format = get_format(request.format or config.format, config.tool_descriptions)
-        self.env = Episode(request.task, reward)
+        self.env = EnvEpisode(request.task, reward)
         self.end_id = tokenizer.convert_tokens_to_ids(IM_END)
         self.messages = [{"role": "system", "content": self.format.render_tools(request.task.tools)}]
         self.calls: list[list[list[ToolCall]]] = []
@@ -225,7 +226,7 @@ class RolloutWorker:
                              kv_cache_gib=config.kv_cache_gib)
 
     def run(self, requests: list[EpisodeRequest], temperature: float | None = None) -> list[Trajectory]:
-        live = [LiveEpisode(r, self.tokenizer, self.config, self.reward) for r in requests]
+        live = [TokenEpisode(r, self.tokenizer, self.config, self.reward) for r in requests]
         end_id = live[0].end_id if live else None
         rounds: list[int] = [0] * len(live)
         started = time.perf_counter()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from learner.batch import SftSample, dialog_sequence
 from rollout.config import RewardConfig
-from rollout.envs import Episode, Task
-from rollout.expert import expert_messages, expert_turn
+from rollout.dialogs import expert_messages, expert_turn
+from rollout.envs import EnvEpisode, Task
 from rollout.formats import ToolFormat
 from rollout.worker import Trajectory
 from supervision.signal import Signal
@@ -29,7 +29,7 @@ def corrected_dialog(task: Task, trajectory: Trajectory, fmt: ToolFormat,
     openings = [i for i, m in enumerate(trajectory.messages) if m["role"] == "user"]  # tool results are "tool"
     if failed >= len(openings):
         return None
-    episode = Episode(task, reward)
+    episode = EnvEpisode(task, reward)
     episode.play(trajectory.calls[:failed])  # the model's own calls rebuild the state it reached (these turns passed)
     episode.begin_turn()
     opening = openings[failed]

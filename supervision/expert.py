@@ -7,8 +7,8 @@ import random
 from pathlib import Path
 
 from learner.batch import SftSample, dialog_sequence
+from rollout.dialogs import expert_messages
 from rollout.envs import Task
-from rollout.expert import expert_messages
 from rollout.formats import ToolFormat
 from supervision.signal import Setup, Signal
 

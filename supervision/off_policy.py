@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from learner.batch import Origin, dialog_sequence
 from rollout.config import RewardConfig
-from rollout.envs import Episode, Task
-from rollout.expert import expert_messages
+from rollout.dialogs import expert_messages
+from rollout.envs import EnvEpisode, Task
 from rollout.formats import ToolFormat
 from rollout.worker import Trajectory, by_group
 from supervision.signal import Rollouts, Signal
@@ -14,7 +14,7 @@ from supervision.signal import Rollouts, Signal
 
 def play_dialog(task: Task, messages: list[dict], fmt: ToolFormat, reward: RewardConfig):
     """Act out a dialog's assistant messages in a live episode of ``task``: (result, calls, results)."""
-    episode = Episode(task, reward)
+    episode = EnvEpisode(task, reward)
     calls: list[list] = []
     results: list[list] = []
     for message in messages[1:]:

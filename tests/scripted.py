@@ -1,11 +1,11 @@
-"""Episodes driven without an engine: replies are fed to a LiveEpisode as if the engine had generated them."""
+"""Episodes driven without an engine: replies are fed to a TokenEpisode as if the engine had generated them."""
 
 from __future__ import annotations
 
 from rollout.config import RewardConfig, RolloutConfig
-from rollout.expert import expert_messages
+from rollout.dialogs import expert_messages
 from rollout.formats import get_format
-from rollout.worker import EpisodeRequest, LiveEpisode
+from rollout.worker import EpisodeRequest, TokenEpisode
 
 CONFIG = RolloutConfig(max_new_tokens=48, max_total_tokens=8192)
 
@@ -17,7 +17,7 @@ def scripted_episode(task, tokenizer, fmt="hermes", replies=None, hint=None, hin
         replies = [m["content"] for m in expert_messages(task, get_format(fmt)) if m["role"] == "assistant"]
     rollout = CONFIG.model_copy(update={"format": fmt, "tool_descriptions": True, **config})
     request = EpisodeRequest(task, "g0", 0, seed=0, hint=hint, hint_position=hint_position)
-    episode = LiveEpisode(request, tokenizer, rollout, RewardConfig())
+    episode = TokenEpisode(request, tokenizer, rollout, RewardConfig())
     generated = []
     for reply in replies:
         if episode.done:

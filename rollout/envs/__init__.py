@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rollout.envs.base import Episode, EpisodeResult, Step, Task, replay_ground_truth, run_episode
+from rollout.envs.base import EnvEpisode, EpisodeResult, Step, Task, replay_ground_truth, run_episode
 
 ENVS = ("bfcl", "synth")
 
@@ -35,4 +35,4 @@ def load_tasks(env: str, split: str, seed: int = 0, limit: int | None = None) ->
     return tasks if limit is None else tasks[:limit]
 
 
-__all__ = ["ENVS", "Episode", "EpisodeResult", "Step", "Task", "load_tasks", "replay_ground_truth", "run_episode", "split_names"]
+__all__ = ["ENVS", "EnvEpisode", "EpisodeResult", "Step", "Task", "load_tasks", "replay_ground_truth", "run_episode", "split_names"]

@@ -174,9 +174,10 @@ def dispatch(call: ToolCall, method: Any) -> str:
         return f"Error during execution: {exc}"
 
 
-class Episode:
-    """A live episode of ``task``: call ``begin_turn``, then ``act``/``execute`` per assistant step, then
-    ``end_turn``; after the last turn ``result`` gives the reward."""
+class EnvEpisode:
+    """The environment side of one live episode of ``task``: its API instances, tool calls and turn checks
+    (the token side is rollout.worker's TokenEpisode). Call ``begin_turn``, then ``act``/``execute`` per
+    assistant step, then ``end_turn``; after the last turn ``result`` gives the reward."""
 
     def __init__(self, task: Task, reward: RewardConfig | None = None):
         self.task = task
@@ -345,7 +346,7 @@ def missing_results(required: list[str], produced: list[str]) -> list[str]:
 
 def run_episode(task: Task, steps: list[list[list[ToolCall]]], reward: RewardConfig | None = None) -> EpisodeResult:
     """Play ``steps[turn][step] = calls`` through a live episode and score it."""
-    episode = Episode(task, reward)
+    episode = EnvEpisode(task, reward)
     episode.play(steps)
     return episode.result()
 

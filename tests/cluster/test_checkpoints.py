@@ -18,7 +18,7 @@ from pathlib import Path
 from cluster.checkpoints import save_checkpoint
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig
-from learner.worker import Learner, free_port
+from learner.rank import Learner, free_port
 
 model, directory = sys.argv[1], Path(sys.argv[2])
 learner = Learner(model, LearnerConfig(lr=1e-2, threads=1, warmup_steps=0))
@@ -39,7 +39,7 @@ def test_killed_checkpoint_write_leaves_the_previous_checkpoint_loadable(tiny_mo
     from cluster.checkpoints import latest_checkpoint
     from learner.config import LearnerConfig
     from learner.models import load_policy
-    from learner.worker import Learner
+    from learner.rank import Learner
 
     directory = tmp_path / "checkpoints"
     child = subprocess.Popen([sys.executable, "-c", CHILD, tiny_model_dir, str(directory)],
@@ -59,7 +59,7 @@ def test_killed_checkpoint_write_leaves_the_previous_checkpoint_loadable(tiny_mo
     assert all(torch.isfinite(p).all() for p in model.parameters())
     import torch.distributed as dist
 
-    from learner.worker import free_port
+    from learner.rank import free_port
 
     learner = Learner(str(latest), LearnerConfig(threads=1, warmup_steps=0))
     learner.connect("127.0.0.1", free_port())

@@ -55,6 +55,56 @@ def test_draws_stop_at_the_cap_and_the_step_trains_on_what_was_found():
     assert draw_informative(*_roller(sampler, set())[:2], wanted=2, max_draws=1).train_groups == set()
 
 
+# seed 0 and 1 over six tasks, pinned: a checkpoint keeps only (epoch, position), so a resumed run sees the
+# order it left only while this shuffle stays the same
+SEED_0 = [[4, 2, 1, 0, 5, 3], [2, 3, 5, 0, 4, 1]]  # epochs 0 and 1
+SEED_1 = [3, 0, 5, 1, 2, 4]
+
+
+def test_each_epoch_is_a_fresh_seeded_order_of_every_task():
+    sampler = TaskSampler(list(range(6)), seed=0)
+    assert sampler.draw(6) == SEED_0[0] and sampler.state() == {"epoch": 0, "position": 6}
+    assert sampler.draw(6) == SEED_0[1] and sampler.state() == {"epoch": 1, "position": 6}
+    assert TaskSampler(list(range(6)), seed=0).draw(12) == SEED_0[0] + SEED_0[1]  # the same seed, the same order
+    assert TaskSampler(list(range(6)), seed=1).draw(6) == SEED_1
+    assert sorted(TaskSampler(list(range(50)), seed=3).draw(50)) == list(range(50))  # a permutation
+    assert TaskSampler(list("abc"), seed=0).tasks == ["a", "b", "c"]  # the task list itself is not shuffled
+
+
+def test_a_draw_across_the_end_of_an_epoch_wraps_into_the_next():
+    sampler = TaskSampler(list(range(6)), seed=0)
+    assert sampler.draw(4) == SEED_0[0][:4]
+    assert sampler.draw(4) == SEED_0[0][4:] + SEED_0[1][:2]  # the rest of epoch 0, then epoch 1's start
+    assert sampler.state() == {"epoch": 1, "position": 2}
+    # a draw larger than an epoch spans several; the epoch turns over only when the next task is needed
+    assert TaskSampler(list(range(6)), seed=0).draw(13)[:12] == SEED_0[0] + SEED_0[1]
+    exact = TaskSampler(list(range(6)), seed=0)
+    exact.draw(6)
+    assert exact.state() == {"epoch": 0, "position": 6}
+    assert exact.draw(0) == [] and exact.state() == {"epoch": 0, "position": 6}
+
+
+@pytest.mark.parametrize("first", [0, 3, 6, 8, 12])
+def test_a_restored_sampler_draws_what_the_original_would_have(first):
+    original = TaskSampler(list(range(6)), seed=0)
+    original.draw(first)
+    state = original.state()
+    resumed = TaskSampler(list(range(6)), seed=0)
+    resumed.restore(dict(state))
+    assert resumed.state() == state
+    assert resumed.draw(10) == original.draw(10)
+    assert resumed.state() == original.state()
+
+
+def test_restore_rebuilds_the_order_of_the_saved_epoch():
+    sampler = TaskSampler(list(range(6)), seed=0)
+    sampler.restore({"epoch": 1, "position": 3})
+    assert sampler.draw(3) == SEED_0[1][3:]
+    other_seed = TaskSampler(list(range(6)), seed=1)
+    other_seed.restore({"epoch": 0, "position": 0})
+    assert other_seed.draw(6) == SEED_1
+
+
 @pytest.fixture(scope="module")
 def groups(tiny_model_dir):
     """Three groups of two on three tasks: a and b failed twice (flat), c has a success beside a failure."""

@@ -12,7 +12,7 @@ from learner.batch import SequenceBatch, dialog_sequence
 from learner.config import LearnerConfig
 from learner.diagnostics import ControlTokens, control_metrics, control_values, decision_points
 from learner.models import DEFAULT_POLICY
-from learner.worker import Learner, free_port
+from learner.rank import Learner, free_port
 from rollout.chat import load_tokenizer
 
 # The prompt shows markup too (a system prompt's example call): it is not the policy's decision

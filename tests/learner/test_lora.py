@@ -12,9 +12,9 @@ from learner.batch import SequenceBatch
 from learner.config import LearnerConfig, LoraConfig
 from learner.lora import ADAPTER_DIR
 from learner.models import load_policy
-from learner.worker import Learner, free_port
+from learner.rank import Learner, free_port
 from rollout.chat import load_tokenizer
-from tests.learner.test_worker import random_batch
+from tests.learner.test_rank import random_batch
 
 CONFIG = LearnerConfig(lr=1e-2, micro_batch_size=2, threads=1, lora=LoraConfig(rank=4), warmup_steps=0)
 

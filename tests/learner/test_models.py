@@ -12,8 +12,8 @@ from transformers import Qwen2ForCausalLM
 from learner.bootstrap import SIZE_PRESETS, build_default_model, preset_config
 from learner.models import CARD_NAME, load_policy
 from rollout.chat import SPECIAL_TOKENS
+from rollout.dialogs import expert_messages
 from rollout.envs import load_tasks
-from rollout.expert import expert_messages
 from rollout.formats import FORMATS, get_format
 
 

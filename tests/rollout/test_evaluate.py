@@ -13,12 +13,12 @@ import pytest
 from learner.models import default_policy
 from rollout.chat import load_tokenizer
 from rollout.config import EnvConfig, RewardConfig, RolloutConfig
+from rollout.dialogs import expert_messages
 from rollout.envs import load_tasks
 from rollout.envs.bfcl import scenario_index, scenario_split
 from rollout.evaluate import build_suite, summarize
-from rollout.expert import expert_messages
 from rollout.formats import get_format
-from rollout.worker import EpisodeRequest, LiveEpisode
+from rollout.worker import EpisodeRequest, TokenEpisode
 
 ROOT = Path(__file__).resolve().parents[2]
 STATES = ("healthy_tool_call", "healthy_response", "polluted", "collapsed")
@@ -32,7 +32,7 @@ def tokenizer():
 def _play(task, tokenizer, request_format, replies):
     """A hermes-configured worker's episode, with the request's own syntax, fed ``replies``."""
     request = EpisodeRequest(task, "g0", 0, seed=0, format=request_format)
-    episode = LiveEpisode(request, tokenizer, RolloutConfig(format="hermes", max_total_tokens=8192), RewardConfig())
+    episode = TokenEpisode(request, tokenizer, RolloutConfig(format="hermes", max_total_tokens=8192), RewardConfig())
     for reply in replies:
         if episode.done:
             break

@@ -16,7 +16,7 @@ from rollout.structure import (
     message_states,
     structure_shares,
 )
-from rollout.worker import EpisodeRequest, LiveEpisode
+from rollout.worker import EpisodeRequest, TokenEpisode
 from tests.scripted import CONFIG
 
 CALL = '<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>'
@@ -116,8 +116,8 @@ def tokenizer(tiny_model_dir):
 
 
 def _played(task, tokenizer, replies: list[tuple[str, bool]]):
-    """A real LiveEpisode fed ``replies`` as (text, policy ended it) in order: it must be done after them."""
-    episode = LiveEpisode(EpisodeRequest(task, "g", 0, seed=0), tokenizer, CONFIG, RewardConfig())
+    """A real TokenEpisode fed ``replies`` as (text, policy ended it) in order: it must be done after them."""
+    episode = TokenEpisode(EpisodeRequest(task, "g", 0, seed=0), tokenizer, CONFIG, RewardConfig())
     for text, ended in replies:
         tokens = tokenizer.encode(text, add_special_tokens=False) + ([episode.end_id] if ended else [])
         episode.receive(tokens, [-0.1] * len(tokens), finished=ended)
@@ -141,7 +141,7 @@ def test_shares_over_trajectories_count_every_assistant_message(tokenizer):
 
 def test_an_episode_in_another_format_is_read_in_its_own_syntax(tokenizer):
     task = next(t for t in load_tasks("synth", "train", limit=20) if len(t.turns) == 1)
-    episode = LiveEpisode(EpisodeRequest(task, "g", 0, seed=0, format="python"), tokenizer, CONFIG, RewardConfig())
+    episode = TokenEpisode(EpisodeRequest(task, "g", 0, seed=0, format="python"), tokenizer, CONFIG, RewardConfig())
     for text in ("[ls()]", "Here it is."):
         tokens = tokenizer.encode(text, add_special_tokens=False) + [episode.end_id]
         episode.receive(tokens, [-0.1] * len(tokens), finished=True)

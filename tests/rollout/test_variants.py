@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from rollout.dialogs import ground_truth_results
 from rollout.envs import run_episode
 from rollout.envs.synth import generate_task, task_templates
-from rollout.expert import ground_truth_results
 from rollout.variants import mistaken_calls, shortcut, skip_setup
 
 

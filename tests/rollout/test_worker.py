@@ -6,10 +6,10 @@ import pytest
 
 from rollout.chat import load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
+from rollout.dialogs import expert_messages
 from rollout.envs import load_tasks
-from rollout.expert import expert_messages
 from rollout.formats import get_format
-from rollout.worker import EpisodeRequest, LiveEpisode, RolloutWorker
+from rollout.worker import EpisodeRequest, RolloutWorker, TokenEpisode
 from tests.scripted import scripted_episode
 
 CONFIG = RolloutConfig(max_new_tokens=48, max_total_tokens=1024)
@@ -53,7 +53,7 @@ def test_tokens_decode_to_the_conversation_the_environment_saw(tokenizer):
 def test_bad_output_is_an_observation_and_limits_truncate(tokenizer):
     task = load_tasks("synth", "test", limit=1)[0]
     config = CONFIG.model_copy(update={"max_steps_per_turn": 2})
-    episode = LiveEpisode(EpisodeRequest(task, "g", 0, 0), tokenizer, config, RewardConfig(format_penalty=0.1))
+    episode = TokenEpisode(EpisodeRequest(task, "g", 0, 0), tokenizer, config, RewardConfig(format_penalty=0.1))
     broken = tokenizer.encode("<tool_call>\n{\"name\": oops\n</tool_call>", add_special_tokens=False)
     episode.receive(broken + [episode.end_id], [-1.0] * (len(broken) + 1), finished=True)
     assert episode.messages[-1]["role"] == "tool" and episode.messages[-1]["content"].startswith("error: invalid JSON")
@@ -69,7 +69,7 @@ def test_bad_output_is_an_observation_and_limits_truncate(tokenizer):
 
 def test_a_task_longer_than_the_context_fails_without_generating(tokenizer):
     task = next(t for t in load_tasks("bfcl", "test") if t.category == "long_context")
-    episode = LiveEpisode(EpisodeRequest(task, "g", 0, 0), tokenizer, CONFIG, RewardConfig())
+    episode = TokenEpisode(EpisodeRequest(task, "g", 0, 0), tokenizer, CONFIG, RewardConfig())
     assert episode.done and episode.truncated
     trajectory = episode.trajectory()
     assert not trajectory.result.success and trajectory.result.turns == len(task.turns)

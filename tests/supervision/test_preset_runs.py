@@ -9,7 +9,7 @@ import pytest
 
 from cluster.config import load_config
 from learner.batch import dialog_sequence
-from rollout.expert import expert_messages
+from rollout.dialogs import expert_messages
 from rollout.formats import get_format
 from rollout.worker import group_requests
 

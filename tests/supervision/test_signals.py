@@ -12,8 +12,8 @@ import pytest
 from learner.batch import dialog_sequence
 from rollout.chat import load_tokenizer
 from rollout.config import RewardConfig
+from rollout.dialogs import expert_messages
 from rollout.envs import load_tasks
-from rollout.expert import expert_messages
 from rollout.formats import get_format
 from rollout.types import ToolCall
 from supervision.config import EndpointConfig, ReflectionConfig
@@ -59,7 +59,7 @@ def test_ground_truth_member_is_the_expert_dialog_in_rollout_layout_with_reward_
     sampled, _ = scripted_episode(task, tokenizer, replies=["I cannot help."] * len(task.turns))
     assert sampled.reward == 0.0
     member = ground_truth_trajectory(task, sampled, HERMES, tokenizer, RewardConfig())
-    expert_run, _ = scripted_episode(task, tokenizer)  # the expert replies played through a LiveEpisode
+    expert_run, _ = scripted_episode(task, tokenizer)  # the expert replies played through a TokenEpisode
     assert member.token_ids == expert_run.token_ids and member.loss_mask == expert_run.loss_mask
     assert member.reward == 1.0 and member.result.success and member.group_id == sampled.group_id
     assert [[[c for c in step] for step in turn] for turn in member.calls] == [[[c] for c in gt] for gt in task.ground_truth]

@@ -10,8 +10,8 @@ import pytest
 from cluster.config import load_config
 from learner.batch import Origin, dialog_sequence
 from rollout.chat import load_tokenizer
+from rollout.dialogs import expert_messages
 from rollout.envs import load_tasks
-from rollout.expert import expert_messages
 from supervision.hint import template_hint
 from supervision.supervisor import Supervisor
 from tests.scripted import scripted_episode

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rollout.config import RewardConfig
-from rollout.envs import Episode, load_tasks, replay_ground_truth, run_episode
+from rollout.envs import EnvEpisode, load_tasks, replay_ground_truth, run_episode
 from rollout.envs.bfcl import CATEGORIES, scenario_index
 from rollout.formats import get_format
 from rollout.types import ToolCall
@@ -66,7 +66,7 @@ def test_miss_func_hides_the_function_until_its_turn(all_tasks):
     hidden = specs[0]["name"]
     assert hidden not in {s["name"] for s in task.tools}
     early = ToolCall(hidden, {"file_name": "final_report.pdf"})
-    bfcl, strict = Episode(task), Episode(task, STRICT)
+    bfcl, strict = EnvEpisode(task), EnvEpisode(task, STRICT)
     for index in range(turn):
         assert hidden not in bfcl.begin_turn() and hidden not in bfcl.visible_tools
         strict.begin_turn()
@@ -85,7 +85,7 @@ def test_positional_arguments_bind_by_the_signature(all_tasks):
     # the spec lists insurance_cost before booking_id; the method (and Python, and BFCL) the other way round
     values = tuple(call.arguments[key] for key in
                    ("access_token", "insurance_type", "booking_id", "insurance_cost", "card_id"))
-    episode = Episode(task)
+    episode = EnvEpisode(task)
     episode.begin_turn()
     step = episode.act(f"[purchase_insurance({', '.join(map(repr, values))})]", get_format("python"))
     assert step.calls == [call]  # recorded by name, as the JSON syntaxes and supervision need
@@ -94,7 +94,7 @@ def test_positional_arguments_bind_by_the_signature(all_tasks):
 
 
 def test_dispatch_checks_arguments_and_keeps_state_across_turns(all_tasks):
-    episode = Episode(by_id(all_tasks, "multi_turn_base_0"))
+    episode = EnvEpisode(by_id(all_tasks, "multi_turn_base_0"))
     episode.begin_turn()
     assert "unexpected keyword" in episode.execute([ToolCall("cd", {"folder": "x", "dir": "x"})])[0]
     assert "missing a required argument" in episode.execute([ToolCall("cd", {})])[0]
@@ -157,7 +157,7 @@ def test_strict_mode_fails_a_call_in_an_empty_truth_turn(all_tasks):
 
 def test_format_penalty_applies_once(all_tasks):
     task = by_id(all_tasks, "multi_turn_base_0")
-    episode = Episode(task, RewardConfig(format_penalty=0.1))
+    episode = EnvEpisode(task, RewardConfig(format_penalty=0.1))
     hermes = get_format("hermes")
     for turn, calls in enumerate(task.ground_truth):
         episode.begin_turn()
@@ -173,13 +173,13 @@ def test_mutable_defaults_do_not_leak_between_episodes(all_tasks):
     task = next(t for t in all_tasks if "TwitterAPI" in t.classes and "mention" in {s["name"] for s in t.tools})
     account = task.initial_config["TwitterAPI"]
     login = ToolCall("authenticate_twitter", {"username": account["username"], "password": account["password"]})
-    first = Episode(task)
+    first = EnvEpisode(task)
     first.begin_turn()
     first.execute([login])
     posted = first.execute([ToolCall("post_tweet", {"content": "hello"})])[0]
     tweet_id = json.loads(posted)["id"]
     first.execute([ToolCall("mention", {"tweet_id": tweet_id, "mentioned_usernames": ["@bob"]})])
-    second = Episode(task)
+    second = EnvEpisode(task)
     second.begin_turn()
     second.execute([login])
     assert json.loads(second.execute([ToolCall("post_tweet", {"content": "again"})])[0])["mentions"] == []

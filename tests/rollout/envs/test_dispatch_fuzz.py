@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rollout.envs import Episode, load_tasks
+from rollout.envs import EnvEpisode, load_tasks
 from rollout.formats import FORMATS
 
 SENTINEL = "SENTINEL_toolrl"
@@ -37,7 +37,7 @@ def episodes(tmp_path_factory):
     tasks = {t.id: t for t in load_tasks("bfcl", "all")}
     opened = []
     for task_id in TASK_IDS:
-        episode = Episode(tasks[task_id])
+        episode = EnvEpisode(tasks[task_id])
         episode.begin_turn()
         opened.append(episode)
     yield opened

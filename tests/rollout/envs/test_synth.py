@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rollout.envs import Episode, load_tasks, replay_ground_truth, run_episode, split_names, synth
+from rollout.envs import EnvEpisode, load_tasks, replay_ground_truth, run_episode, split_names, synth
 from rollout.envs.synth_templates import HELD_OUT_CLASSES, TEMPLATES
 from rollout.types import ToolCall
 
@@ -56,7 +56,7 @@ def test_splits_sizes_and_registry(tasks):
 
 def test_ground_truth_replays_to_success_without_error_results(tasks):
     for task in checked(tasks):
-        episode = Episode(task)
+        episode = EnvEpisode(task)
         for calls in task.ground_truth:
             episode.begin_turn()
             for result in episode.execute(calls):

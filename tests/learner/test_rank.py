@@ -12,7 +12,7 @@ import torch.distributed as dist
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig
 from learner.group import LearnerGroup
-from learner.worker import Learner, free_port
+from learner.rank import Learner, free_port
 
 
 def random_batch(vocab: int, n: int, seed: int, with_advantages: bool = True) -> SequenceBatch:

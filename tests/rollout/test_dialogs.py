@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.envs import Episode, load_tasks
-from rollout.expert import NEEDS_MORE, expert_messages
+from rollout.dialogs import NEEDS_MORE, expert_messages
+from rollout.envs import EnvEpisode, load_tasks
 from rollout.formats import FORMATS
 
 
@@ -21,7 +21,7 @@ def test_expert_dialog_replays_to_success(tasks, fmt):
         task = tasks[task_id]
         messages = expert_messages(task, FORMATS[fmt])
         assert messages[0]["role"] == "system"
-        episode = Episode(task)
+        episode = EnvEpisode(task)
         for message in messages[1:]:
             if message["role"] == "user":
                 if episode.turn >= 0:

@@ -1,4 +1,4 @@
-"""Expert trajectories: a task's ground truth rendered as a full conversation, with real tool results.
+"""Expert dialogs: a task's ground truth rendered as a full conversation, with real tool results.
 
 This is the SFT data of the supervision signals. The reference implementation asked an external LLM to
 write these dialogs; here the ground truth is executed in the live environment and the assistant's
@@ -7,7 +7,7 @@ words are templated, so the data is exact and offline.
 
 from __future__ import annotations
 
-from rollout.envs.base import Episode, Task
+from rollout.envs.base import EnvEpisode, Task
 from rollout.formats import ToolFormat
 
 NEEDS_MORE = "I can't do that yet: a required detail or function is missing. Could you provide it?"
@@ -22,7 +22,7 @@ def closing_reply(names: list[str]) -> str:
 def expert_messages(task: Task, fmt: ToolFormat, turn_calls: list[list] | None = None) -> list[dict]:
     """Chat messages (system, user, assistant, tool) of the ground truth played through a live episode
     (or of ``turn_calls``, other calls per turn, e.g. a bootstrap dialog's mistakes)."""
-    episode = Episode(task)
+    episode = EnvEpisode(task)
     messages = [{"role": "system", "content": fmt.render_tools(task.tools)}]
     for turn, calls in enumerate(turn_calls or task.ground_truth):
         user = "\n".join(episode.begin_turn())
@@ -34,7 +34,7 @@ def expert_messages(task: Task, fmt: ToolFormat, turn_calls: list[list] | None =
     return messages
 
 
-def expert_turn(episode: Episode, calls: list, fmt: ToolFormat) -> list[dict]:
+def expert_turn(episode: EnvEpisode, calls: list, fmt: ToolFormat) -> list[dict]:
     """The assistant and tool messages of one open turn of ``episode`` played by the ground truth ``calls``."""
     messages = []
     # One call per step: a later call may use an earlier result (an id, a sum), and the dialog
@@ -48,4 +48,4 @@ def expert_turn(episode: Episode, calls: list, fmt: ToolFormat) -> list[dict]:
 
 def ground_truth_results(task: Task) -> list[list[str]]:
     """The tool results of each turn's ground-truth calls, played through a live episode."""
-    return [turn[0] for turn in Episode(task).play([[calls] for calls in task.ground_truth])]
+    return [turn[0] for turn in EnvEpisode(task).play([[calls] for calls in task.ground_truth])]
