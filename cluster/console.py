@@ -132,4 +132,17 @@ def final_lines(config: ToolRLConfig, first: dict, last: dict, seconds: float) -
         change = f"{start} → {end}" if start else f"{end} at step {last['step']}"
         lines.append(f"greedy {where} success {change}{tasks}")
     lines[0] += f" {took}"
-    return lines
+    return lines + template_lines(first, last)
+
+
+def template_lines(first: dict, last: dict) -> list[str]:
+    """Greedy success per synth template, start → end, largest gain first: where RL's change happened."""
+    prefix = "eval/template/"
+    names = sorted((k.removeprefix(prefix) for k in last if k.startswith(prefix)),
+                   key=lambda name: (first.get(prefix + name, 0.0) - last[prefix + name], name))
+    if not names:
+        return []
+    width = max(map(len, names))
+    return ["greedy success per template:"] + [
+        f"  {name:<{width}}  " + (f"{percent(first[prefix + name]):>7} → " if prefix + name in first else "")
+        + percent(last[prefix + name]) for name in names]
