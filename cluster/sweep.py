@@ -192,10 +192,9 @@ class Actors:
         return self.pool, self.learners
 
     def close(self) -> None:
-        import ray
-
-        for actor in [*(self.pool.workers if self.pool else []), *(self.learners.ranks if self.learners else [])]:
-            ray.kill(actor)
+        for actors in (self.pool, self.learners):
+            if actors is not None:
+                actors.close()
         self.key, self.pool, self.learners = None, None, None
 
 

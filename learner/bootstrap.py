@@ -157,14 +157,21 @@ class CorpusMix:
     dialogs of synth train tasks in hermes, from task 0 on.
 
     A mix that plays the role of a pretrained model sees every syntax and the held-out templates, and has
-    generic habits (rollout/variants.py) that this environment's checker rejects, at ``mistake_rate``.
+    generic habits (rollout/variants.py) that this environment's checker rejects, at ``mistake_rate``: one
+    share for every kind, or a share per kind (``(("shortcut", 0.7), ("skip_setup", 0.2))``, others 0). A
+    share above one half makes the habit the policy's most likely action on the turns it applies to.
     """
 
     formats: tuple[tuple[str, float], ...] = (("hermes", 1.0),)
     ood_share: float = 0.0  # dialogs of the held-out templates (the content-OOD suite's kind, other tasks)
-    mistake_rate: float = 0.0  # of the turns a habit applies to, the share played with it
+    mistake_rate: float | tuple[tuple[str, float], ...] = 0.0  # of the turns a habit applies to, the share played with it
     first_index: int = 0  # 1000: task indices below it are RL's train split, the bootstrap then uses none
     copy_max_number: int = 999  # the copy drill's largest number; tasks also use 4-5 digit ids and amounts
+
+    def habit_rate(self, kind: str) -> float:
+        if isinstance(self.mistake_rate, (int, float)):
+            return float(self.mistake_rate)
+        return dict(self.mistake_rate).get(kind, 0.0)
 
 
 def mixed_stream(tokenizer, seed: int, mix: CorpusMix, counts: Counter | None = None):
@@ -183,7 +190,9 @@ def mixed_stream(tokenizer, seed: int, mix: CorpusMix, counts: Counter | None = 
         fmt = rng.choices([name for name, _ in mix.formats], weights=[w for _, w in mix.formats])[0]
         turns = []
         for calls, results in zip(task.ground_truth, ground_truth_results(task)):
-            mistake = mistaken_calls(calls, results) if rng.random() < mix.mistake_rate else None
+            draw, mistake = rng.random(), mistaken_calls(calls, results)
+            if mistake and draw >= mix.habit_rate(mistake[0]):
+                mistake = None
             counts[f"turns/{mistake[0] if mistake else 'expert'}"] += 1
             turns.append(mistake[1] if mistake else calls)
         counts[f"dialogs/{split}/{fmt}"] += 1

@@ -27,6 +27,13 @@ class LearnerGroup:
         shared = [ray.put(a) if isinstance(a, SequenceBatch) else a for a in args]  # one copy for all ranks
         return ray.get([getattr(rank, method).remote(*shared) for rank in self.ranks])[0]
 
+    def close(self) -> None:
+        """End the ranks' processes."""
+        import ray
+
+        for rank in self.ranks:
+            ray.kill(rank)
+
     def start(self, config: LearnerConfig, seed: int) -> None:
         self._call("start", config, seed)
 

@@ -309,3 +309,10 @@ class RolloutPool:
 
         shared = ray.put(state_dict)  # one copy in the object store, read by every worker
         ray.get([w.update_weights.remote(shared) for w in self.workers])
+
+    def close(self) -> None:
+        """End the workers' processes (their engines with them)."""
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker)

@@ -13,9 +13,9 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(build_default_model(tmp_path_factory.mktemp("policy") / "tiny", size="tiny", seed=0, n_tasks=60))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
-    """An embedded loopback Ray for one test module (started and shut down by the module, never `ray stop`)."""
+    """An embedded loopback Ray for the test session (shut down at its end, never `ray stop`)."""
     import ray
 
     from cluster.local import init_ray
@@ -23,3 +23,22 @@ def ray_local():
     init_ray()
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def actors(ray_local):
+    """Engines and learners that consecutive runs with the same ``actor_key`` train on, as ``launch.py sweep``
+    does (a run on them logs what it logs on its own: tests/cluster/test_scheduler.py); one set alive at a time."""
+    from cluster.sweep import Actors
+
+    shared = Actors()
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def scheduler_on(actors):
+    """Start a Scheduler for ``config`` on the shared actors."""
+    from cluster.scheduler import Scheduler
+
+    return lambda config: Scheduler(config, *actors.for_run(config))

@@ -1,8 +1,10 @@
-"""Every preset with SFT steps trains from the command line, as the README tells a user to run it.
+"""Presets with SFT steps train from the command line, as the README tells a user to run them.
 
 Each run is 2 steps of ``launch.py train --config configs/<preset>.yaml`` on the random tiny policy, with
 the schedule moved so that one of the two steps is an SFT step (the presets put theirs at step 5 or later),
-the other an RL step; the random policy fails every episode, so that RL step makes no update.
+the other an RL step; the random policy fails every episode, so that RL step makes no update. The
+interleaved presets take the same path through ``launch.py``; their schedules and signals are checked
+in-process (tests/supervision/test_preset_runs.py).
 """
 
 from __future__ import annotations
@@ -18,14 +20,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["trainer.total_steps=2", "trainer.tasks_per_step=1", "rollout.group_size=2", "rollout.max_new_tokens=16",
          "trainer.eval_every=0", "trainer.save_every=0", "trainer.samples_per_step=0", "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0"]
-INTERLEAVED = ["supervision.interleaved.rl_steps=1", "supervision.interleaved.sft_batch_size=2"]  # RL, SFT
 PRESETS = {
     # SFT, RL; with a tiny eval after the last step, so the eval line and the closing line show too
     "sft_then_rl": ["supervision.sft_then_rl.sft_steps=1", "supervision.sft_then_rl.sft_batch_size=2",
                     "trainer.eval_every=2", "trainer.eval_tasks=2", "trainer.ood_eval_tasks=1"],
-    "interleaved_expert": INTERLEAVED,
-    "interleaved_erroneous": INTERLEAVED,  # step 2 trains on the failures step 1 collected
-    "interleaved_reflection": INTERLEAVED,
     # RL, SFT: the random policy's messages are all collapsed, which fires the alarm at step 1
     "adaptive": ["supervision.adaptive.sft_batch_size=2"],
 }

@@ -30,16 +30,15 @@ def _logged(run_dir) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(ray_local, tiny_model_dir, tmp_path):
+def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(scheduler_on, tiny_model_dir, tmp_path):
     from cluster.checkpoints import latest_checkpoint
-    from cluster.scheduler import Scheduler
     from learner.batch import rl_batch
     from learner.losses import sequence_logprobs
     from learner.models import load_policy
     from rollout.envs import load_tasks
 
     run_dir = tmp_path / "run"
-    scheduler = Scheduler(_config(tiny_model_dir, run_dir, "rollout.workers=2"))
+    scheduler = scheduler_on(_config(tiny_model_dir, run_dir, "rollout.workers=2"))
     steps = [scheduler.train_step() for _ in range(3)]
     assert [m["step"] for m in steps] == [1, 2, 3] and "eval/success" in steps[2]
     # every step's rollouts were sampled with the learner's current weights (synced after the last update)
@@ -81,12 +80,11 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(ray_loc
 
 
 @pytest.mark.slow
-def test_resumed_run_repeats_the_uninterrupted_run(ray_local, tiny_model_dir, tmp_path):
+def test_resumed_run_repeats_the_uninterrupted_run(scheduler_on, tiny_model_dir, tmp_path):
     from cluster.checkpoints import RunDirectoryError
-    from cluster.scheduler import Scheduler
 
     def run(run_dir, steps: int, *extra: str) -> None:
-        scheduler = Scheduler(_config(tiny_model_dir, run_dir, "trainer.eval_every=0", *extra))
+        scheduler = scheduler_on(_config(tiny_model_dir, run_dir, "trainer.eval_every=0", *extra))
         for _ in range(steps):
             scheduler.train_step()
         scheduler.close()
@@ -133,20 +131,20 @@ def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(ray_local, 
               "supervision.interleaved.sft_batch_size=4")
     assert actor_key(alone.config) == actor_key(run(tmp_path / "before", alone, *before).config)
     run(tmp_path / "after", alone)
+    alone.pool.close()
+    alone.learners.close()
     logged = _comparable(tmp_path / "alone")
     assert _comparable(tmp_path / "after") == logged
     assert _comparable(tmp_path / "before")[0]["lr"] != logged[0]["lr"] and "eval/success" in logged[1]
 
 
 @pytest.mark.slow
-def test_a_step_without_an_update_still_reports_the_control_tokens(ray_local, tmp_path):
+def test_a_step_without_an_update_still_reports_the_control_tokens(scheduler_on, tmp_path):
     """With one episode a group every group is flat: no update runs, and a forward pass over the step's
     samples (under the default policy, which makes tool calls) reports the control tokens."""
-    from cluster.scheduler import Scheduler
-
     config = load_config(None, [f"trainer.run_dir={tmp_path / 'run'}", "trainer.total_steps=1", "trainer.eval_every=0",
                                 "trainer.tasks_per_step=4", "rollout.group_size=1", "rollout.max_new_tokens=64"])
-    scheduler = Scheduler(config)
+    scheduler = scheduler_on(config)
     step = scheduler.train_step()
     scheduler.close()
     assert step["update/skipped"] == 1.0 and step["diagnostics/probed"] == 1.0 and "pg_loss" not in step
@@ -157,11 +155,10 @@ def test_a_step_without_an_update_still_reports_the_control_tokens(ray_local, tm
 
 
 @pytest.mark.slow
-def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly(ray_local, tmp_path):
+def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly(scheduler_on, tmp_path):
     """The base policy on one task a step: most groups of 4 are flat, so steps draw again, up to the cap.
     A run stopped after step 1's checkpoint and resumed repeats step 2, its further draws included."""
     from cluster.checkpoints import LATEST
-    from cluster.scheduler import Scheduler
 
     def config(run_dir, *extra: str):
         return load_config(None, [
@@ -171,7 +168,7 @@ def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly
             "env.reward.shaping=turn_fraction",  # partial credit: more groups with unequal rewards
             "trainer.dynamic_sampling.enabled=true", "trainer.dynamic_sampling.max_draws=4", *extra])
 
-    straight = Scheduler(config(tmp_path / "straight"))
+    straight = scheduler_on(config(tmp_path / "straight"))
     steps = [straight.train_step() for _ in range(2)]
     straight.close()
     for step in steps:
@@ -183,12 +180,12 @@ def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly
         assert informative == float(step["update/skipped"] == 0.0) and (informative or draws == 4)
     assert any(step["dynamic_sampling/draws"] > 1 and step["update/skipped"] == 0.0 for step in steps)
 
-    # the run directory as a run killed after step 1's checkpoint left it, resumed on the same actors
+    # the run directory as a run killed after step 1's checkpoint left it, resumed (on the same actors)
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "straight", resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_000002")
     (resumed / "checkpoints" / LATEST).write_text("step_000001\n")
-    scheduler = Scheduler(config(resumed, "trainer.resume=true"), straight.pool, straight.learners)
+    scheduler = scheduler_on(config(resumed, "trainer.resume=true"))
     assert scheduler.train_step()["step"] == 2
     scheduler.close()
     assert _comparable(resumed) == _comparable(tmp_path / "straight")

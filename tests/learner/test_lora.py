@@ -112,8 +112,10 @@ def test_merged_lora_weights_reach_the_engine_with_logprob_parity(tiny_model_dir
     probe = random_batch(vocab, 1, seed=4)
     ids = probe.token_ids[0]
     learned = torch.tensor(learners.logprobs(probe)[0][1:])
+    state = learners.state_dict_for_rollout()
+    learners.close()
     stale = (torch.tensor(engine.prompt_logprobs(ids)) - learned).abs().max().item()
     assert stale > 1e-2  # the adapters really changed the distribution
-    engine.update_weights(learners.state_dict_for_rollout())
+    engine.update_weights(state)
     after = (torch.tensor(engine.prompt_logprobs(ids)) - learned).abs().max().item()
     assert after <= 1e-3, (stale, after)

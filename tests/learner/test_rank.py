@@ -126,13 +126,8 @@ def test_warmup_counts_applied_updates_and_cosine_runs_over_training_steps(learn
 
 
 @pytest.mark.slow
-def test_two_ranks_make_the_same_update_as_one(tiny_model_dir):
+def test_two_ranks_make_the_same_update_as_one(tiny_model_dir, ray_local):
     """FSDP2 over 2 gloo ranks == 1 rank, for RL (with KL and two mini-batches), SFT and combined updates."""
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray()
     config = LearnerConfig(lr=1e-4, micro_batch_size=2, kl_coef=0.1, mini_batch_tasks=1, threads=1, warmup_steps=0)
     from rollout.chat import load_tokenizer
 
@@ -148,8 +143,7 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir):
         results[world] = (metrics, group.state_dict_for_rollout())
         # k3 >= 0 always; > 0 because the second mini-batch runs after the first moved the policy off the reference
         assert metrics["kl_ref"] > 0 and metrics["pg_loss"] != 0
-        for rank in group.ranks:
-            ray.kill(rank)
+        group.close()
     (metrics_1, weights_1), (metrics_2, weights_2) = results[1], results[2]
     assert metrics_1["pg_loss"] == pytest.approx(metrics_2["pg_loss"], abs=1e-6)
     # Adam turns float-noise-sized gradients into lr-sized steps, so grad norms agree to float noise

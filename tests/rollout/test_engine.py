@@ -69,6 +69,8 @@ def test_learner_scores_tokens_at_the_sampling_temperature(ray_local):
                           [[0] * len(p) + [1] * len(s.token_ids) for p, s in zip(prompts, samples)],
                           [1.0, -1.0], [[0.0] * len(p) + s.logprobs for p, s in zip(prompts, samples)],
                           temperature=0.7)
-    assert learners.rl_update(batch, group_size=2)["rollout_logprob_diff"] <= 1e-5
+    at_sampling_temperature = learners.rl_update(batch, group_size=2)["rollout_logprob_diff"]
     batch.temperature = 1.0
-    assert learners.rl_update(batch, group_size=2)["rollout_logprob_diff"] > 1e-2
+    at_one = learners.rl_update(batch, group_size=2)["rollout_logprob_diff"]
+    learners.close()
+    assert at_sampling_temperature <= 1e-5 and at_one > 1e-2

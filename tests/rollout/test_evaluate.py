@@ -112,9 +112,8 @@ def test_summary_weighs_each_task_by_its_assistant_messages():
 
 
 @pytest.mark.slow
-def test_periodic_eval_logs_the_three_suites(ray_local, tiny_model_dir, tmp_path):
+def test_periodic_eval_logs_the_three_suites(scheduler_on, tiny_model_dir, tmp_path):
     from cluster.config import load_config
-    from cluster.scheduler import Scheduler
     from rollout.evaluate import evaluate
 
     run_dir = tmp_path / "run"
@@ -123,7 +122,7 @@ def test_periodic_eval_logs_the_three_suites(ray_local, tiny_model_dir, tmp_path
         "trainer.tasks_per_step=1", "rollout.group_size=2", "rollout.max_new_tokens=16", "trainer.eval_every=1",
         "trainer.eval_tasks=3", "trainer.ood_eval_tasks=2", "trainer.save_every=0", "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0",
     ])
-    scheduler = Scheduler(config)
+    scheduler = scheduler_on(config)
     assert [(s.name, s.format, len(s.tasks)) for s in scheduler.eval_suites] == [
         ("id", "hermes", 3), ("format_ood", "python", 2), ("content_ood", "hermes", 2)]
     initial = scheduler.initial_eval()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.local import init_ray
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
 from rollout.worker import RolloutPool
@@ -12,20 +11,12 @@ from rollout.worker import RolloutPool
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    init_ray(num_cpus=4)
-    yield
-    ray.shutdown()
-
-
-def test_two_workers_return_every_group(ray_session, tiny_model_dir):
+def test_two_workers_return_every_group(ray_local, tiny_model_dir):
     config = RolloutConfig(workers=2, worker_cpus=1, max_new_tokens=32, max_total_tokens=1024)
     pool = RolloutPool(tiny_model_dir, config, RewardConfig())
     tasks = load_tasks("synth", "test", limit=16)
     trajectories = pool.generate(tasks, group_size=4, seed=0)
+    pool.close()
     assert len(trajectories) == 64
     groups = {}
     for trajectory in trajectories:

@@ -35,12 +35,11 @@ def _logged(run_dir) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_collapse_raises_the_alarm_then_sft_then_rl_again_and_resume_keeps_the_state(ray_local, tmp_path):
+def test_collapse_raises_the_alarm_then_sft_then_rl_again_and_resume_keeps_the_state(scheduler_on, tmp_path):
     from cluster.checkpoints import latest_checkpoint
-    from cluster.scheduler import Scheduler
 
     run_dir = tmp_path / "run"
-    scheduler = Scheduler(_config(run_dir))
+    scheduler = scheduler_on(_config(run_dir))
     steps = []
     while not any(m["alarm"] for m in steps) and len(steps) < 5:
         steps.append(scheduler.train_step())
@@ -56,7 +55,7 @@ def test_collapse_raises_the_alarm_then_sft_then_rl_again_and_resume_keeps_the_s
     saved = json.loads((latest_checkpoint(run_dir / "checkpoints") / "run_state.json").read_text())
     assert saved["adaptive"] == {"sft_steps_left": SFT_STEPS - 1, "lr_factor": LR_SCALE}
 
-    resumed = Scheduler(_config(run_dir, "trainer.resume=true"))
+    resumed = scheduler_on(_config(run_dir, "trainer.resume=true"))
     assert resumed.alarm.state() == saved["alarm"] and resumed.adaptive.state() == saved["adaptive"]
     for _ in range(SFT_STEPS):  # the rest of the SFT phase, then RL at the scaled learning rate
         resumed.train_step()

@@ -106,16 +106,14 @@ EXTRA = {"sft_then_rl": ["supervision.sft_then_rl.sft_steps=2", "supervision.sft
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_runs_and_its_signal_acts(preset, ray_local, tiny_model_dir, tmp_path):
-    from cluster.scheduler import Scheduler
-
+def test_preset_runs_and_its_signal_acts(preset, scheduler_on, tiny_model_dir, tmp_path):
     overrides = [f"trainer.model={tiny_model_dir}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.total_steps=3",
                  "trainer.tasks_per_step=2", "trainer.eval_every=0", "trainer.samples_per_step=1",
                  "rollout.group_size=2", "rollout.max_new_tokens=16", "learner.lr=1e-3",
                  "supervision.interleaved.rl_steps=2", "supervision.interleaved.sft_steps=1",
                  "supervision.interleaved.sft_batch_size=4", "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0", *EXTRA.get(preset, [])]
     config = load_config(CONFIGS / f"{preset}.yaml", overrides)
-    scheduler = Scheduler(config)
+    scheduler = scheduler_on(config)
     try:
         steps = [scheduler.train_step() for _ in range(3)]
         CHECKS[preset](steps, scheduler)
