@@ -41,6 +41,8 @@ def test_help(command):
         ["tasks", "--n", "0"],
         ["check"],
         ["tasks", "--config", "configs/missing.yaml"],
+        ["bootstrap", "--mistake-rate", "shortcut=0.7,typo=0.2"],
+        ["bootstrap", "--mistake-rate", "1.5"],
     ],
 )
 def test_bad_input_is_one_line_without_traceback(args):

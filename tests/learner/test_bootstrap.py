@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
-from learner.bootstrap import CorpusMix, bootstrap
+from learner.bootstrap import CorpusMix, bootstrap, mixed_stream
 from learner.card import EVAL_SAMPLE, greedy_rate
 from learner.models import CARD_NAME, default_policy, load_policy
 from rollout.config import RewardConfig, RolloutConfig
@@ -25,6 +26,26 @@ def test_committed_default_loads_and_matches_its_card():
     worker = RolloutWorker(str(path), RolloutConfig(), RewardConfig())  # vLLM, through a RolloutWorker
     measured = greedy_rate(worker, load_tasks("synth", "test", seed=0, limit=EVAL_SAMPLE))
     assert abs(measured - card[f"success_synth_test_first{EVAL_SAMPLE}"]) <= 0.10
+
+
+def test_habit_rates_per_kind_apply_to_their_kind_only():
+    """One share for every habit, or one per kind: the same draws, so a share equal for all kinds gives
+    the same dialogs either way."""
+    from itertools import islice
+
+    from rollout.chat import load_tokenizer
+
+    tokenizer = load_tokenizer(default_policy())
+
+    def corpus(rate):
+        counts = Counter()
+        dialogs = list(islice(mixed_stream(tokenizer, 0, CorpusMix(mistake_rate=rate), counts), 60))
+        return dialogs, counts
+
+    shortcut_only, counts = corpus((("shortcut", 1.0),))
+    assert counts["turns/shortcut"] > 10 and counts["turns/skip_setup"] == 0
+    assert corpus(0.35) == corpus((("shortcut", 0.35), ("skip_setup", 0.35)))
+    assert corpus(0.35)[0] != shortcut_only
 
 
 @pytest.mark.slow
