@@ -15,12 +15,13 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """An embedded loopback Ray for the test session (shut down at its end, never `ray stop`)."""
+    """An embedded loopback Ray for the test session (shut down at its end, never `ray stop`), with logical
+    CPUs for the shared actors and a test's own at once."""
     import ray
 
     from cluster.local import init_ray
 
-    init_ray()
+    init_ray(num_cpus=8)
     yield
     ray.shutdown()
 

@@ -21,7 +21,8 @@ def _config(model: str, run_dir, *extra: str):
         # (and the flat groups must stay in the batch for it)
         "learner.entropy_coef=0.05", "learner.skip_flat_groups=false",
         # a random policy has no informative group to draw for; updates at full lr from the first
-        "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0", *extra,
+        "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0",
+        "rollout.workers=2", *extra,  # each step's groups are shared by two engines
     ])
 
 
@@ -38,7 +39,7 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
     from rollout.envs import load_tasks
 
     run_dir = tmp_path / "run"
-    scheduler = scheduler_on(_config(tiny_model_dir, run_dir, "rollout.workers=2"))
+    scheduler = scheduler_on(_config(tiny_model_dir, run_dir))
     steps = [scheduler.train_step() for _ in range(3)]
     assert [m["step"] for m in steps] == [1, 2, 3] and "eval/success" in steps[2]
     # every step's rollouts were sampled with the learner's current weights (synced after the last update)
@@ -118,7 +119,8 @@ def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(ray_local, 
     from cluster.sweep import actor_key
 
     def run(run_dir, actors: Scheduler | None, *extra: str) -> Scheduler:
-        config = _config(tiny_model_dir, run_dir, "trainer.total_steps=2", "trainer.eval_every=2", *extra)
+        config = _config(tiny_model_dir, run_dir, "trainer.total_steps=2", "trainer.eval_every=2", "rollout.workers=1",
+                         *extra)
         scheduler = Scheduler(config, *((actors.pool, actors.learners) if actors else ()))
         for _ in range(2):
             scheduler.train_step()
