@@ -36,7 +36,9 @@ def ray_head():
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
-         "--include-dashboard=true", f"--temp-dir={temp_dir}"],
+         "--include-dashboard=true", f"--temp-dir={temp_dir}",
+         # the job agent's own port: the tests' embedded Ray holds the default (52365) on this machine
+         f"--dashboard-agent-listen-port={_free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
