@@ -232,7 +232,7 @@ def test_deep_nesting_raises_only_format_error(fmt):
 
 
 @pytest.mark.slow
-@settings(SETTINGS, max_examples=20_000)
+@settings(SETTINGS, max_examples=10_000)
 @given(text=confusing_text | st.text())
 def test_fuzz_parse_long(text):
     parse_all_formats(text)
