@@ -144,6 +144,19 @@ def _titled(fig, title: str):
     return fig
 
 
+def _run_panels(runs: list[Run], panels: list, draw, title: str, extra: list | None = None):
+    """A figure of ``panels`` (three a row), each over the runs' schedule marks with every run drawn on it by
+    ``draw(ax, run, panel, color)``; the runs' legend, and ``extra`` handles, below."""
+    colors = _colors(runs)
+    fig, axes = _grid(len(panels), columns=3)
+    for ax, panel in zip(axes, panels):
+        _mark_schedule(ax, runs, colors)
+        for run in runs:
+            draw(ax, run, panel, colors[run.label])
+    _legend(fig, runs, colors, extra)
+    return _titled(fig, title)
+
+
 def _reward_is_success(runs: list[Run]) -> bool:
     """Whether every run's sampled reward equals its sampled success (the binary reward): one panel for both."""
     return all(run.series("reward") == run.series("success") for run in runs)
@@ -168,21 +181,19 @@ def reward_figure(runs: list[Run]):
         panels.append(("eval success (greedy" + (", ± standard error)" if errors else ")"), SUITE_KEYS))
     if not panels:
         return None
-    colors = _colors(runs)
-    fig, axes = _grid(len(panels), columns=3)
-    for ax, (title, keys) in zip(axes, panels):
-        _mark_schedule(ax, runs, colors)
-        for run in runs:
-            for suite, key in keys.items():
-                if suite:
-                    _plot_eval(ax, run, key, SUITE_STYLES[suite], colors[run.label])
-                else:
-                    ax.plot(*run.gapped(key), color=colors[run.label], marker="o", markersize=3)
+
+    def draw(ax, run: Run, panel, color: str) -> None:
+        title, keys = panel
+        for suite, key in keys.items():
+            if suite:
+                _plot_eval(ax, run, key, SUITE_STYLES[suite], color)
+            else:
+                ax.plot(*run.gapped(key), color=color, marker="o", markersize=3)
         ax.set(title=title, xlabel="step")
+
     suites = [Line2D([], [], color="black", linestyle=SUITE_STYLES[s], marker="o", markersize=3, label=f"eval {s}")
               for s, key in SUITE_KEYS.items() if any(key in run.logged() for run in runs)]
-    _legend(fig, runs, colors, suites)
-    return _titled(fig, "Reward and success")
+    return _run_panels(runs, panels, draw, "Reward and success", suites)
 
 
 def control_figure(runs: list[Run]):
@@ -192,23 +203,20 @@ def control_figure(runs: list[Run]):
     pairs = [pair for pair in known if pair in found] + sorted(found - set(known))
     if not pairs:
         return None
-    colors = _colors(runs)
-    fig, axes = _grid(len(pairs), columns=3)
-    for ax, (point, token) in zip(axes, pairs):
-        _mark_schedule(ax, runs, colors)
-        for run in runs:
-            for statistic, style in (("mean", "-"), ("max", "--")):
-                steps, values = run.gapped(f"control/{point}/{token}/{statistic}")
-                if steps:
-                    ax.plot(steps, [max(v, 1e-6) for v in values], style, color=colors[run.label], marker="o",
-                            markersize=2)
+
+    def draw(ax, run: Run, pair, color: str) -> None:
+        point, token = pair
+        for statistic, style in (("mean", "-"), ("max", "--")):
+            steps, values = run.gapped(f"control/{point}/{token}/{statistic}")
+            if steps:
+                ax.plot(steps, [max(v, 1e-6) for v in values], style, color=color, marker="o", markersize=2)
         ax.set_yscale("log")
         ax.set_ylim(1e-6, 1.5)
         ax.set(title=f"{point}: p({token})", xlabel="step")
+
     statistics = [Line2D([], [], color="black", linestyle="-", label="mean"),
                   Line2D([], [], color="black", linestyle="--", label="max")]
-    _legend(fig, runs, colors, statistics)
-    return _titled(fig, "Control-token probabilities (the collapse picture)")
+    return _run_panels(runs, pairs, draw, "Control-token probabilities (the collapse picture)", statistics)
 
 
 def structure_figure(runs: list[Run]):
@@ -237,15 +245,13 @@ def optimization_figure(runs: list[Run]):
     panels = [(key, title) for key, title in OPTIMIZATION_KEYS if any(key in run.logged() for run in runs)]
     if not panels:
         return None
-    colors = _colors(runs)
-    fig, axes = _grid(len(panels), columns=3)
-    for ax, (key, title) in zip(axes, panels):
-        _mark_schedule(ax, runs, colors)
-        for run in runs:
-            ax.plot(*run.gapped(key), color=colors[run.label], marker="o", markersize=2)
+
+    def draw(ax, run: Run, panel, color: str) -> None:
+        key, title = panel
+        ax.plot(*run.gapped(key), color=color, marker="o", markersize=2)
         ax.set(title=title, xlabel="step")
-    _legend(fig, runs, colors)
-    return _titled(fig, "Optimisation: entropy, KL, gradient norm")
+
+    return _run_panels(runs, panels, draw, "Optimisation: entropy, KL, gradient norm")
 
 
 FIGURES = {"reward.png": reward_figure, "control_tokens.png": control_figure, "structure.png": structure_figure,
