@@ -216,11 +216,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from rollout.variants import habit_shares
+
+    mistake_rate = habit_shares(args.mistake_rate, "--mistake-rate")  # a typo fails before torch loads
     from learner.bootstrap import CorpusMix, bootstrap
 
     other = args.other_syntaxes / 2
     mix = CorpusMix((("hermes", 1 - 2 * other), ("python", other), ("json", other)), args.ood_share,
-                    args.mistake_rate, args.first_index, args.copy_max_number)
+                    mistake_rate, args.first_index, args.copy_max_number)
     out = bootstrap(Path(args.out), steps=args.steps, seed=args.seed, size=args.size, lr=args.lr,
                     batch_size=args.batch_size, init=Path(args.init) if args.init else None, mix=mix,
                     warmup=args.warmup)
@@ -263,27 +266,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-def mistake_rate(text: str) -> float | tuple[tuple[str, float], ...]:
-    """``0.35`` (every habit kind) or ``shortcut=0.7,skip_setup=0.2`` (kinds not named: 0)."""
-    from rollout.variants import KINDS
-
-    def share(value: str) -> float:
-        if not 0 <= float(value) <= 1:
-            raise argparse.ArgumentTypeError(f"a share is between 0 and 1, got {value}")
-        return float(value)
-
-    try:
-        if "=" not in text:
-            return share(text)
-        rates = tuple((kind.strip(), share(value)) for kind, value in (part.split("=") for part in text.split(",")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share or KIND=SHARE,..., got {text!r}") from None
-    unknown = sorted({kind for kind, _ in rates} - set(KINDS))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown habit kind {unknown[0]!r}; known: {', '.join(KINDS)}")
-    return rates
 
 
 def positive_float(text: str) -> float:
@@ -385,8 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--init", metavar="DIR", help="continue from this model directory (default: a new model)")
     boot.add_argument("--other-syntaxes", type=float, default=0.0, help="share of python + json dialogs (default: 0)")
     boot.add_argument("--ood-share", type=float, default=0.0, help="share of held-out-template dialogs (default: 0)")
-    boot.add_argument("--mistake-rate", type=mistake_rate, default=0.0,
-                      help="share of habit turns: one number, or KIND=SHARE,... per habit kind (default: 0)")
+    boot.add_argument("--mistake-rate", default="0", help="share of habit turns, or KIND=SHARE,... (default: 0)")
     boot.add_argument("--first-index", type=int, default=0, help="first synth task used; 1000 skips RL's (default: 0)")
     boot.add_argument("--copy-max-number", type=int, default=999, help="copy drill's largest number (default: 999)")
     boot.set_defaults(run=cmd_bootstrap)
