@@ -60,15 +60,12 @@ def naive_rate(model_dir: str, config: RolloutConfig, requests) -> float:
 
 
 def pool_rate(model: str, config: RolloutConfig, tasks, group: int) -> float:
-    import ray
-
     pool = RolloutPool(model, config, RewardConfig())
     pool.generate(tasks[:2], group, seed=99)  # warm-up of every engine
     start = time.perf_counter()
     trajectories = pool.generate(tasks, group, seed=0)
     rate = sum(sum(t.loss_mask) for t in trajectories) / (time.perf_counter() - start)
-    for worker in pool.workers:
-        ray.kill(worker)
+    pool.close()
     return rate
 
 

@@ -82,14 +82,17 @@ def mistaken_calls(calls: list[ToolCall], results: list[str]) -> tuple[str, list
 def habit_shares(text: str, where: str) -> float | tuple[tuple[str, float], ...]:
     """``0.35`` (one share for every kind) or ``shortcut=0.7,skip_setup=0.2`` (a kind not named: 0); a
     ValueError naming ``where`` for anything else."""
+    per_kind = "=" in text
     try:
-        shares = [(kind.strip(), float(share)) for kind, share in (part.split("=") for part in text.split(","))] \
-            if "=" in text else [("", float(text))]
+        if per_kind:
+            shares = [(kind.strip(), float(share)) for kind, share in (part.split("=") for part in text.split(","))]
+        else:
+            shares = [("", float(text))]
     except ValueError:
         raise ValueError(f"{where}: expected a share or KIND=SHARE,..., got {text!r}") from None
     for kind, share in shares:
-        if kind not in (KINDS if "=" in text else ("",)):
+        if kind not in (KINDS if per_kind else ("",)):
             raise ValueError(f"{where}: unknown habit kind {kind!r}; the kinds are {', '.join(KINDS)}")
         if not 0 <= share <= 1:
             raise ValueError(f"{where}: a share is between 0 and 1, got {share}")
-    return shares[0][1] if shares[0][0] == "" else tuple(shares)
+    return tuple(shares) if per_kind else shares[0][1]
