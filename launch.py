@@ -222,11 +222,10 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from learner.bootstrap import CorpusMix, bootstrap
 
     other = args.other_syntaxes / 2
-    mix = CorpusMix((("hermes", 1 - 2 * other), ("python", other), ("json", other)), args.ood_share,
-                    mistake_rate, args.first_index, args.copy_max_number)
-    out = bootstrap(Path(args.out), steps=args.steps, seed=args.seed, size=args.size, lr=args.lr,
-                    batch_size=args.batch_size, init=Path(args.init) if args.init else None, mix=mix,
-                    warmup=args.warmup)
+    mix = CorpusMix((("hermes", 1 - 2 * other), ("python", other), ("json", other)), args.ood_share, mistake_rate,
+                    args.first_index, args.copy_max_number, args.habits_per_task)
+    out = bootstrap(Path(args.out), steps=args.steps, seed=args.seed, size=args.size, lr=args.lr, warmup=args.warmup,
+                    batch_size=args.batch_size, init=Path(args.init) if args.init else None, mix=mix)
     card = json.loads((out / "toolrl_model.json").read_text())
     console.print(f"wrote {out}: {card['parameters']:,} parameters, {card['train_minutes']} min, greedy success on "
                   f"synth/test {card['success_synth_test']:.1%}", highlight=False)
@@ -368,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--other-syntaxes", type=float, default=0.0, help="share of python + json dialogs (default: 0)")
     boot.add_argument("--ood-share", type=float, default=0.0, help="share of held-out-template dialogs (default: 0)")
     boot.add_argument("--mistake-rate", default="0", help="share of habit turns, or KIND=SHARE,... (default: 0)")
+    boot.add_argument("--habits-per-task", action="store_true", help="one habit draw per kind per dialog, not per turn")
     boot.add_argument("--first-index", type=int, default=0, help="first synth task used; 1000 skips RL's (default: 0)")
     boot.add_argument("--copy-max-number", type=int, default=999, help="copy drill's largest number (default: 999)")
     boot.set_defaults(run=cmd_bootstrap)

@@ -159,7 +159,9 @@ class CorpusMix:
     A mix that plays the role of a pretrained model sees every syntax and the held-out templates, and has
     generic habits (rollout/variants.py) that this environment's checker rejects, at ``mistake_rate``: one
     share for every kind, or a share per kind (``(("shortcut", 0.7), ("skip_setup", 0.2))``, others 0). A
-    share above one half makes the habit the policy's most likely action on the turns it applies to.
+    share above one half makes the habit the policy's most likely action on the turns it applies to. With
+    ``habits_per_task`` a dialog's first turn of a kind decides that kind for all its turns, so a task is
+    played with the habit throughout or not at all and its success rests on one decision, not one per turn.
     """
 
     formats: tuple[tuple[str, float], ...] = (("hermes", 1.0),)
@@ -167,6 +169,7 @@ class CorpusMix:
     mistake_rate: float | tuple[tuple[str, float], ...] = 0.0  # of the turns a habit applies to, the share played with it
     first_index: int = 0  # 1000: task indices below it are RL's train split, the bootstrap then uses none
     copy_max_number: int = 999  # the copy drill's largest number; tasks also use 4-5 digit ids and amounts
+    habits_per_task: bool = False
 
     def habit_rate(self, kind: str) -> float:
         if isinstance(self.mistake_rate, (int, float)):
@@ -188,15 +191,22 @@ def mixed_stream(tokenizer, seed: int, mix: CorpusMix, counts: Counter | None = 
         if split == "ood_content" and content_key(task) in held_out:
             continue
         fmt = rng.choices([name for name, _ in mix.formats], weights=[w for _, w in mix.formats])[0]
-        turns = []
-        for calls, results in zip(task.ground_truth, ground_truth_results(task)):
-            draw, mistake = rng.random(), mistaken_calls(calls, results)
-            if mistake and draw >= mix.habit_rate(mistake[0]):
-                mistake = None
-            counts[f"turns/{mistake[0] if mistake else 'expert'}"] += 1
-            turns.append(mistake[1] if mistake else calls)
+        turns = played_turns(task, mix, rng)
+        counts.update(f"turns/{kind}" for kind, _ in turns)
         counts[f"dialogs/{split}/{fmt}"] += 1
-        yield dialog_sequence(expert_messages(task, formats[fmt], turns), tokenizer)
+        yield dialog_sequence(expert_messages(task, formats[fmt], [calls for _, calls in turns]), tokenizer)
+
+
+def played_turns(task, mix: CorpusMix, rng: random.Random) -> list[tuple[str, list]]:
+    """(habit kind or "expert", calls) per turn of ``task``: one draw per turn, so that a recipe reproduces
+    whether habits are drawn per turn or per task (then a kind's first draw decides its later turns)."""
+    turns, task_draws = [], {}
+    for calls, results in zip(task.ground_truth, ground_truth_results(task)):
+        draw, mistake = rng.random(), mistaken_calls(calls, results)
+        if mistake and mix.habits_per_task:
+            draw = task_draws.setdefault(mistake[0], draw)
+        turns.append(mistake if mistake and draw < mix.habit_rate(mistake[0]) else ("expert", calls))
+    return turns
 
 
 def copy_values(max_number: int = 999) -> list:

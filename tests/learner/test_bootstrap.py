@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 
 import pytest
 
-from learner.bootstrap import CorpusMix, bootstrap, mixed_stream
+from learner.bootstrap import CorpusMix, bootstrap, mixed_stream, played_turns
 from learner.card import EVAL_SAMPLE, greedy_rate
 from learner.models import CARD_NAME, default_policy, load_policy
 from rollout.config import RewardConfig, RolloutConfig
+from rollout.dialogs import ground_truth_results
 from rollout.envs import load_tasks
+from rollout.variants import mistaken_calls
 
 
 @pytest.mark.slow
@@ -46,6 +49,26 @@ def test_habit_rates_per_kind_apply_to_their_kind_only():
     assert counts["turns/shortcut"] > 10 and counts["turns/skip_setup"] == 0
     assert corpus(0.35) == corpus((("shortcut", 0.35), ("skip_setup", 0.35)))
     assert corpus(0.35)[0] != shortcut_only
+
+
+def test_habits_per_task_play_every_turn_of_a_kind_alike():
+    """Per task, a kind's first draw decides all its turns (both outcomes occur); per turn, tasks mix them."""
+    shortcut_turns = []  # (task, its turns where the shortcut habit applies) for tasks with two or more
+    for task in load_tasks("synth", "train", limit=300):
+        habits = [mistaken_calls(calls, results) for calls, results in zip(task.ground_truth, ground_truth_results(task))]
+        turns = [i for i, habit in enumerate(habits) if habit and habit[0] == "shortcut"]
+        if len(turns) >= 2:
+            shortcut_turns.append((task, turns))
+    assert len(shortcut_turns) >= 20
+
+    def played(per_task: bool) -> list[set]:
+        mix, rng = CorpusMix(mistake_rate=(("shortcut", 0.5),), habits_per_task=per_task), random.Random(0)
+        plays = [(played_turns(task, mix, rng), turns) for task, turns in shortcut_turns]
+        return [{play[i][0] for i in turns} for play, turns in plays]
+
+    per_task = played(True)
+    assert {"shortcut"} in per_task and {"expert"} in per_task and all(len(kinds) == 1 for kinds in per_task)
+    assert {"shortcut", "expert"} in played(False)
 
 
 @pytest.mark.slow
