@@ -1,7 +1,16 @@
-"""launch.py submit against a real local Ray head (ray start --head on 127.0.0.1), then jobs logs/status."""
+"""launch.py submit against a real local Ray head (ray start --head on 127.0.0.1), then jobs logs/status.
+
+The job is a preset with SFT steps, run as the README tells a user to: ``train --config
+configs/sft_then_rl.yaml`` on the random tiny policy, with the schedule moved so that the first step is an
+SFT step (the preset switches to RL later) and the second an RL step, which makes no update (the random
+policy fails every episode), then a tiny eval, so the closing lines show in the job's log too. The other
+presets take the same path through ``launch.py``; their schedules and signals are checked in-process on the
+same config files (tests/supervision/test_preset_runs.py, tests/supervision/test_adaptive.py).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -60,25 +69,35 @@ def ray_head():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+SFT_THEN_RL = ["trainer.total_steps=2", "trainer.tasks_per_step=1", "rollout.group_size=2", "rollout.max_new_tokens=16",
+               "trainer.samples_per_step=0", "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0",
+               "supervision.sft_then_rl.sft_steps=1", "supervision.sft_then_rl.sft_batch_size=2",
+               "trainer.eval_every=2", "trainer.eval_tasks=2", "trainer.ood_eval_tasks=1"]
+
+
 @pytest.mark.slow
-def test_submit_runs_one_training_step_on_a_cluster(ray_head, tiny_model_dir, tmp_path, capsys):
+def test_submit_trains_a_preset_with_sft_steps_on_a_cluster(ray_head, tiny_model_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = main(["submit", "--address", ray_head, "--follow", "--", "train",
-                 "--set", f"trainer.model={tiny_model_dir}", "--set", "trainer.total_steps=1",
-                 "--set", "trainer.tasks_per_step=2", "--set", "rollout.group_size=2", "--set", "trainer.eval_every=0",
-                 "--set", "rollout.max_new_tokens=16", "--set", f"trainer.run_dir={run_dir}",
-                 "--set", "trainer.dynamic_sampling.enabled=false"])
+    overrides = [f"trainer.model={tiny_model_dir}", f"trainer.run_dir={run_dir}", *SFT_THEN_RL]
+    code = main(["submit", "--address", ray_head, "--follow", "--", "train", "--config", "configs/sft_then_rl.yaml",
+                 *(arg for override in overrides for arg in ("--set", override))])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     job_id = out.splitlines()[0].strip()
-    assert job_id.startswith("raysubmit_")
-    assert "step 1 (rl" in out and "sampled success" in out and f"job {job_id}: SUCCEEDED" in out
+    assert job_id.startswith("raysubmit_") and f"job {job_id}: SUCCEEDED" in out
+    assert "(sft): sft loss" in out and "(rl, no update: every group's rewards were equal)" in out
+    assert "sampled success" in out and "sampled reward" not in out  # binary reward: one number
+    assert "eval success id " in out and "format_ood " in out and "content_ood " in out
+    assert "greedy synth/test success " in out and "(2 tasks) in " in out
     assert main(["jobs", "status", job_id, "--address", ray_head]) == 0
     assert capsys.readouterr().out.strip() == "SUCCEEDED"
     assert main(["jobs", "logs", job_id, "--address", ray_head]) == 0
     assert "run directory:" in capsys.readouterr().out
-    assert (run_dir / "checkpoints" / "step_000001" / "model.safetensors").exists()
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in logged if r["step"] > 0]
+    assert [r["step"] for r in trained] == [1, 2] and [r["update/sft"] for r in trained] == [1.0, 0.0]
+    assert "sft_loss" in trained[0] and not trained[0]["update/skipped"]  # a real SFT update on expert dialogs
+    assert (run_dir / "checkpoints" / "step_000002" / "model.safetensors").exists()
 
 
 def test_submit_rejects_a_bad_command_before_contacting_the_cluster(capsys):
