@@ -93,20 +93,19 @@ def test_check_exits_1_and_names_the_failure(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_eval_of_the_committed_default_reports(tmp_path):
-    """Greedy eval, and with --samples 2 sampled success and pass@k per category and template (one run: a
-    subprocess costs ~25 s of startup). Five tasks: synth_test_4 is the first the committed default solves."""
+def test_eval_of_the_committed_default_reports(ray_local, tmp_path, capsys):
+    """Greedy eval, and with --samples 2 sampled success and pass@k per category and template (one run, in
+    this process on the session's Ray: a subprocess costs ~25 s of startup). Five tasks: synth_test_4 is the
+    first the committed default solves."""
+    import launch as cli
     from rollout.config import RolloutConfig
 
     out = tmp_path / "eval.json"
-    result = subprocess.run(
-        [sys.executable, "launch.py", "eval", "--model", "default", "--env", "synth", "--split", "test",
-         "--limit", "5", "--workers", "1", "--samples", "2", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "turn accuracy" in result.stdout and "all" in result.stdout
-    assert "per category" in result.stdout and "per template" in result.stdout and "pass@2" in result.stdout
+    assert cli.main(["eval", "--model", "default", "--env", "synth", "--split", "test", "--limit", "5",
+                     "--workers", "1", "--samples", "2", "--json", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "turn accuracy" in stdout and "all" in stdout
+    assert "per category" in stdout and "per template" in stdout and "pass@2" in stdout
     report = json.loads(out.read_text())
     ids = [f"synth_test_{i}" for i in range(5)]
     assert [row["id"] for row in report["tasks"]] == ids
