@@ -38,7 +38,7 @@ class TrainerConfig(BaseModel):
 
     model: str = Field("default", description="Local HF model directory to start from, or 'default' (the "
                        "committed embedded policy).")
-    total_steps: int = Field(16, ge=1, description="Training steps (sample → supervise → update → sync → observe).")
+    total_steps: int = Field(8, ge=1, description="Training steps (sample → supervise → update → sync → observe).")
     tasks_per_step: int = Field(4, ge=1, description="Tasks drawn per step; each is rolled out group_size times.")
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig,
                                                     description="Draw further tasks until the update has "
