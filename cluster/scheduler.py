@@ -58,8 +58,11 @@ class Scheduler:
         self.model_path = resolve_model(trainer.model)
         self.sampler = TaskSampler(load_tasks(config.env.name, config.env.train_split, seed=config.env.seed), trainer.seed)
         self.eval_suites = eval_suites(config)
-        self.pool = pool if pool is not None else RolloutPool(self.model_path, config.rollout, config.env.reward,
-                                                               seed=trainer.seed)
+        if pool is None:
+            self.pool = RolloutPool(self.model_path, config.rollout, config.env.reward, seed=trainer.seed)
+        else:
+            self.pool = pool
+            pool.start(config.rollout, config.env.reward)
         if learners is None:
             self.learners = LearnerGroup(self.model_path, config.learner, seed=trainer.seed)
         else:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cluster.comparison import WALL_FILE, run_records, write_comparison
 from cluster.config import ConfigError, ToolRLConfig, load_config
+from rollout.config import ENGINE_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 class Configuration(BaseModel):
@@ -161,11 +162,11 @@ def _add_wall(run_dir: Path, seconds: float) -> None:
 
 def actor_key(config: ToolRLConfig) -> str:
     """Runs with equal keys can train on the same RolloutWorker and Learner actors, one after the other:
-    what the engines were built with (model, rollout and reward settings, seed) and what a Learner keeps
-    across ``Learner.start`` (process group, resources, threads)."""
+    what the engines were built with (model, seed, ``ENGINE_FIELDS``) and what a Learner keeps across
+    ``Learner.start`` (process group, resources, threads)."""
     learner = config.learner
-    return json.dumps([config.trainer.model, config.trainer.seed, config.rollout.model_dump(),
-                       config.env.reward.model_dump(), learner.world_size, learner.cpus_per_rank,
+    return json.dumps([config.trainer.model, config.trainer.seed, config.rollout.model_dump(include=ENGINE_FIELDS),
+                       learner.world_size, learner.cpus_per_rank,
                        learner.gpus_per_rank, learner.threads], sort_keys=True)
 
 

@@ -6,6 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The rollout settings a RolloutPool's workers and engines are started with; the others may change between
+# runs on the same pool (RolloutPool.start).
+ENGINE_FIELDS = frozenset({"workers", "worker_cpus", "worker_gpus", "dtype", "max_total_tokens", "kv_cache_gib"})
+
 
 class RewardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")

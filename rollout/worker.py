@@ -220,10 +220,14 @@ class RolloutWorker:
     def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0):
         from rollout.engine import Engine
 
-        self.config, self.reward = config, reward
+        self.start(config, reward)
         self.tokenizer = load_tokenizer(model_path)
         self.engine = Engine(model_path, dtype=config.dtype, max_model_len=config.max_total_tokens, seed=seed,
                              kv_cache_gib=config.kv_cache_gib)
+
+    def start(self, config: RolloutConfig, reward: RewardConfig) -> None:
+        """The run's sampling, dialog and scoring settings; the engine keeps those ``ENGINE_FIELDS`` name."""
+        self.config, self.reward = config, reward
 
     def run(self, requests: list[EpisodeRequest], temperature: float | None = None) -> list[Trajectory]:
         live = [TokenEpisode(r, self.tokenizer, self.config, self.reward) for r in requests]
@@ -303,6 +307,12 @@ class RolloutPool:
             shares[index % len(self.workers)].extend(group)
         futures = [w.run.remote(share, temperature) for w, share in zip(self.workers, shares) if share]
         return [t for batch in ray.get(futures) for t in batch]
+
+    def start(self, config: RolloutConfig, reward: RewardConfig) -> None:
+        """Another run on the same engines (``launch.py sweep``): its rollout settings outside ``ENGINE_FIELDS``."""
+        import ray
+
+        ray.get([w.start.remote(config, reward) for w in self.workers])
 
     def update_weights(self, state_dict) -> None:
         import ray

@@ -16,25 +16,35 @@ def tiny_model_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def ray_local():
     """An embedded loopback Ray for the test session (shut down at its end, never `ray stop`), with logical
-    CPUs for the shared actors and a test's own at once."""
+    CPUs for two sets of shared actors and a test's own at once."""
     import ray
 
     from cluster.local import init_ray
 
-    init_ray(num_cpus=8)
+    init_ray(num_cpus=12)
     yield
     ray.shutdown()
 
 
 @pytest.fixture(scope="session")
 def actors(ray_local):
-    """Engines and learners that consecutive runs with the same ``actor_key`` train on, as ``launch.py sweep``
-    does (a run on them logs what it logs on its own: tests/cluster/test_scheduler.py); one set alive at a time."""
-    from cluster.sweep import Actors
+    """``actors(config)``: engines and learners that runs with the same ``actor_key`` train on one after the
+    other, as ``launch.py sweep`` does (a run on them logs what it logs on its own:
+    tests/cluster/test_scheduler.py); the two sets used last stay alive."""
+    from cluster.sweep import Actors, actor_key
 
-    shared = Actors()
-    yield shared
-    shared.close()
+    alive: dict[str, Actors] = {}  # least recently used first
+
+    def for_run(config):
+        key = actor_key(config)
+        alive[key] = alive.pop(key, None) or Actors()
+        while len(alive) > 2:
+            alive.pop(next(iter(alive))).close()
+        return alive[key].for_run(config)
+
+    yield for_run
+    for shared in alive.values():
+        shared.close()
 
 
 @pytest.fixture
@@ -42,4 +52,4 @@ def scheduler_on(actors):
     """Start a Scheduler for ``config`` on the shared actors."""
     from cluster.scheduler import Scheduler
 
-    return lambda config: Scheduler(config, *actors.for_run(config))
+    return lambda config: Scheduler(config, *actors(config))

@@ -121,4 +121,10 @@ def load_tasks(split: str, seed: int = 0) -> list[Task]:
     """The default tasks of ``split``: train 1000, test 200, ood_content 200."""
     if split not in SPLITS:
         raise ValueError(f"unknown synth split {split!r}; choose from {', '.join(SPLITS)}")
-    return [generate_task(split, index, seed) for index in range(SPLIT_SIZES[split])]
+    return list(_split_tasks(split, seed))
+
+
+@cache
+def _split_tasks(split: str, seed: int) -> tuple[Task, ...]:
+    """Generated once per process (seconds for train): every Scheduler and eval suite of a sweep reads them."""
+    return tuple(generate_task(split, index, seed) for index in range(SPLIT_SIZES[split]))

@@ -114,7 +114,8 @@ def _comparable(run_dir) -> list[dict]:
 @pytest.mark.slow
 def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(ray_local, tiny_model_dir, tmp_path):
     """launch.py sweep trains consecutive runs on the same engines and learners: a run after another one
-    (other lr, SFT steps, so other weights and optimizer state) logs exactly what it logs alone."""
+    (other lr, SFT steps, group size, message length and reward, so other weights, optimizer state and
+    sampling settings) logs exactly what it logs alone."""
     from cluster.scheduler import Scheduler
     from cluster.sweep import actor_key
 
@@ -130,14 +131,19 @@ def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(ray_local, 
     alone = run(tmp_path / "alone", None)  # its own actors, then two more runs on them
     before = ("learner.lr=1e-2", "supervision.mode=interleaved", "supervision.signals=[erroneous]",
               "supervision.interleaved.rl_steps=1", "supervision.interleaved.sft_steps=1",
-              "supervision.interleaved.sft_batch_size=4")
+              "supervision.interleaved.sft_batch_size=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
+              "env.reward.shaping=turn_fraction")
     assert actor_key(alone.config) == actor_key(run(tmp_path / "before", alone, *before).config)
     run(tmp_path / "after", alone)
     alone.pool.close()
     alone.learners.close()
     logged = _comparable(tmp_path / "alone")
     assert _comparable(tmp_path / "after") == logged
-    assert _comparable(tmp_path / "before")[0]["lr"] != logged[0]["lr"] and "eval/success" in logged[1]
+    first = _comparable(tmp_path / "before")[0]
+    assert first["lr"] != logged[0]["lr"] and "eval/success" in logged[1]
+    # the engines sampled each run with its own message length: a random policy fills every message
+    assert first["response_tokens"] / first["turns_per_episode"] == 8
+    assert logged[0]["response_tokens"] / logged[0]["turns_per_episode"] == 24
 
 
 @pytest.mark.slow

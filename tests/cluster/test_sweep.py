@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,6 @@ from cluster.comparison import compare, markdown, run_outcome, table_cells
 from cluster.config import dump_config
 from cluster.sweep import is_finished, load_preset, plan, prepare
 
-ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ("rl", "sft_then_rl", "sync_expert", "interleaved_expert", "sync_off_policy", "sync_hint",
            "interleaved_erroneous", "interleaved_reflection")
 
@@ -122,17 +119,16 @@ def test_outcome_reads_the_final_eval_alarms_and_spikes(tmp_path):
     assert got["collapsed"] is True and got["max_spike"] == 0.7 and got["wall_s"] == 15.5
 
 
-def _sweep(out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "launch.py", "sweep", "--quick", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900, check=False)
-
-
 @pytest.mark.slow
-def test_quick_sweep_completes_and_a_second_invocation_redoes_nothing(tmp_path, capsys):
+def test_quick_sweep_completes_and_a_second_invocation_redoes_nothing(ray_local, tmp_path, capsys):
+    """Both invocations in this process, the first on the session's Ray (a subprocess costs ~15 s of startup)."""
+    import launch as cli
+
     out = tmp_path / "sweep"
-    first = _sweep(out)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "rl seed 0: new" in first.stdout and "sft_then_rl seed 0: new" in first.stdout
+    capsys.readouterr()
+    assert cli.main(["sweep", "--quick", "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "rl seed 0: new" in first and "sft_then_rl seed 0: new" in first
     table = (out / "comparison.md").read_text()
     assert table.startswith("# sweep paper-tiny (quick): 2 runs, 2 at a time")  # the preset's parallel: 2
     assert [line.split("|")[1].strip() for line in table.splitlines()[4:]] == ["start (no training)", "rl", "sft_then_rl"]
@@ -148,8 +144,6 @@ def test_quick_sweep_completes_and_a_second_invocation_redoes_nothing(tmp_path, 
     assert [r["update/sft"] for r in sft] == [1.0, 0.0] and "eval/content_ood/success" in sft[-1]
     metrics_files = sorted(out.glob("*/seed0/metrics.jsonl"))
     stamps = [p.stat().st_mtime_ns for p in metrics_files]
-
-    import launch as cli  # the second invocation and the report in this process: no Ray is needed
 
     started = time.perf_counter()
     capsys.readouterr()
