@@ -103,16 +103,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.temperature is not None and not args.samples:
         raise ValueError("--temperature is the sampling temperature: give --samples K too")
     temperature = args.temperature or config.rollout.temperature  # --temperature is above 0 when given
+    from rollout.evaluate import build_suite, evaluate, summarize
+
+    suite = build_suite(args.suite, config.env, config.rollout.format, limit=args.limit,
+                        ood_format=args.format if format_ood else None, split=args.split)
     # heavy imports (torch, vLLM, Ray) only once the input is known good
     from cluster.console import EVAL_CAPTION, eval_table
     from cluster.headroom import sample_rows, summaries, tables
     from cluster.local import init_ray
     from learner.models import resolve_model
-    from rollout.evaluate import build_suite, evaluate, summarize
     from rollout.worker import RolloutPool
-
-    suite = build_suite(args.suite, config.env, config.rollout.format, limit=args.limit,
-                        ood_format=args.format if format_ood else None, split=args.split)
     model = resolve_model(args.model)
     init_ray(args.address)
     with console.status(f"starting {config.rollout.workers} rollout worker(s) on {model}"):

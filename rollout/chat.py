@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-from transformers.utils.chat_template_utils import render_jinja_template
+from typing import TYPE_CHECKING
 
 from rollout.formats import get_format
+
+if TYPE_CHECKING:  # transformers takes seconds to import: a CLI that only checks its arguments never needs it
+    from transformers import PreTrainedTokenizerBase
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = (PAD, IM_START, IM_END, "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
@@ -51,6 +52,8 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     one by one) over the one in the file: the embedded default would then be fed other ids than it was
     trained on. A real Qwen checkpoint's file holds Qwen's pre-tokenizer, so reading the file is right for both.
     """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     if (Path(path) / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -58,4 +61,6 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 def render_dialog(messages: list[dict]) -> str:
     """A full dialog as CHAT_TEMPLATE lays it out, without needing a tokenizer."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
     return render_jinja_template([messages], chat_template=CHAT_TEMPLATE)[0][0]

@@ -30,14 +30,16 @@ def ray_local():
 def actors(ray_local):
     """``actors(config)``: engines and learners that runs with the same ``actor_key`` train on one after the
     other, as ``launch.py sweep`` does (a run on them logs what it logs on its own:
-    tests/cluster/test_scheduler.py); the two sets used last stay alive."""
+    tests/cluster/test_scheduler.py); ``fresh=True`` builds them anew. The two sets used last stay alive."""
     from cluster.sweep import Actors, actor_key
 
     alive: dict[str, Actors] = {}  # least recently used first
 
-    def for_run(config):
+    def for_run(config, fresh: bool = False):
         key = actor_key(config)
         alive[key] = alive.pop(key, None) or Actors()
+        if fresh:
+            alive[key].close()
         while len(alive) > 2:
             alive.pop(next(iter(alive))).close()
         return alive[key].for_run(config)

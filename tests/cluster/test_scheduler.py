@@ -48,8 +48,13 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
 
     # weights changed, and rollouts after the sync use them: the engines' sampling logprobs match the
     # learner's now and are far from the starting model's
-    tasks = load_tasks("synth", "test", seed=0, limit=2)
+    tasks = load_tasks("synth", "test", seed=0, limit=4)
     trajectories = scheduler.pool.generate(tasks, group_size=2, seed=99)
+    # the groups, shared by the two workers, come back whole, scored by the environment over every user turn
+    assert sorted((t.task_id, t.sample_index) for t in trajectories) == sorted((t.id, k) for t in tasks for k in (0, 1))
+    assert len({t.group_id for t in trajectories}) == 4
+    turns = {task.id: len(task.turns) for task in tasks}
+    assert all(t.result.turns == turns[t.task_id] and t.reward == float(t.result.success) for t in trajectories)
     batch = rl_batch(trajectories)
     learner_logprobs = scheduler.learners.logprobs(batch)
     initial, _ = load_policy(tiny_model_dir)
@@ -112,31 +117,29 @@ def _comparable(run_dir) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(ray_local, tiny_model_dir, tmp_path):
+def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(actors, tiny_model_dir, tmp_path):
     """launch.py sweep trains consecutive runs on the same engines and learners: a run after another one
     (other lr, SFT steps, group size, message length and reward, so other weights, optimizer state and
     sampling settings) logs exactly what it logs alone."""
     from cluster.scheduler import Scheduler
     from cluster.sweep import actor_key
 
-    def run(run_dir, actors: Scheduler | None, *extra: str) -> Scheduler:
+    def run(run_dir, *extra: str, fresh: bool = False) -> Scheduler:
         config = _config(tiny_model_dir, run_dir, "trainer.total_steps=2", "trainer.eval_every=2", "rollout.workers=1",
                          *extra)
-        scheduler = Scheduler(config, *((actors.pool, actors.learners) if actors else ()))
+        scheduler = Scheduler(config, *actors(config, fresh=fresh))
         for _ in range(2):
             scheduler.train_step()
         scheduler.close()
         return scheduler
 
-    alone = run(tmp_path / "alone", None)  # its own actors, then two more runs on them
+    alone = run(tmp_path / "alone", fresh=True)  # on actors of its own, then two more runs on them
     before = ("learner.lr=1e-2", "supervision.mode=interleaved", "supervision.signals=[erroneous]",
               "supervision.interleaved.rl_steps=1", "supervision.interleaved.sft_steps=1",
               "supervision.interleaved.sft_batch_size=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
               "env.reward.shaping=turn_fraction")
-    assert actor_key(alone.config) == actor_key(run(tmp_path / "before", alone, *before).config)
-    run(tmp_path / "after", alone)
-    alone.pool.close()
-    alone.learners.close()
+    assert actor_key(alone.config) == actor_key(run(tmp_path / "before", *before).config)
+    run(tmp_path / "after")
     logged = _comparable(tmp_path / "alone")
     assert _comparable(tmp_path / "after") == logged
     first = _comparable(tmp_path / "before")[0]
@@ -149,8 +152,8 @@ def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(ray_local, 
 @pytest.mark.slow
 def test_a_step_without_an_update_still_reports_the_control_tokens(scheduler_on, tmp_path):
     """With one episode a group every group is flat: no update runs, and a forward pass over the step's
-    samples (under the default policy, which makes tool calls) reports the control tokens."""
-    config = load_config(None, [f"trainer.run_dir={tmp_path / 'run'}", "trainer.total_steps=1", "trainer.eval_every=0",
+    samples (under the base policy, which makes tool calls) reports the control tokens."""
+    config = load_config(None, [f"trainer.model={BASE_POLICY}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.total_steps=1", "trainer.eval_every=0",
                                 "trainer.tasks_per_step=4", "rollout.group_size=1", "rollout.max_new_tokens=64"])
     scheduler = scheduler_on(config)
     step = scheduler.train_step()

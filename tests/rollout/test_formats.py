@@ -229,10 +229,3 @@ def test_deep_nesting_raises_only_format_error(fmt):
         parse_raises_only_format_error(fmt, "<tool_call>" + "{\"a\":" * depth + "1" + "}" * depth + "</tool_call>")
         parse_raises_only_format_error(fmt, "[f(x=" + "[" * depth + "]" * depth + ")]")
         parse_raises_only_format_error(fmt, "[f(x=a" + "[0]" * depth + ")]")
-
-
-@pytest.mark.slow
-@settings(SETTINGS, max_examples=10_000)
-@given(text=confusing_text | st.text())
-def test_fuzz_parse_long(text):
-    parse_all_formats(text)

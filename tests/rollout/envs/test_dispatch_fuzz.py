@@ -154,7 +154,7 @@ def test_injection_strings_reach_no_interpreter(episodes, tmp_path):
 
 
 @pytest.mark.slow
-@settings(max_examples=2_500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1_000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), fmt=st.sampled_from(["hermes", "json"]), which=st.integers(0, 2))
 def test_fuzz_dispatch_long(episodes, data, fmt, which):
     calls = data.draw(st.lists(call_objects(tool_names(episodes)), min_size=1, max_size=3))
