@@ -29,6 +29,9 @@ class Engine:
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+            # vLLM's sampler torch.compiles its logprob gather on first use: seconds of every CPU engine's
+            # start, for the same samples and logprobs as eager (docs/install.md)
+            torch._dynamo.config.disable = True
         set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op process-wide
         from vllm import LLM
 

@@ -74,11 +74,11 @@ def test_habits_per_task_play_every_turn_of_a_kind_alike():
 @pytest.mark.slow
 def test_short_bootstrap_writes_a_loadable_model_whose_loss_falls(tmp_path):
     mix = CorpusMix((("hermes", 0.5), ("python", 0.5)), ood_share=0.2, mistake_rate=0.5, first_index=1000)
-    out = bootstrap(tmp_path / "policy", steps=20, batch_size=4, copy_batch_size=4, eval_tasks=4, mix=mix)
+    out = bootstrap(tmp_path / "policy", steps=20, batch_size=4, copy_batch_size=4, eval_tasks=2, mix=mix)
     card = json.loads((out / CARD_NAME).read_text())
     assert card["recipe"]["steps"] == 20 and len(card["loss_curve"]) == 10
     assert card["loss_curve"][-1] < card["loss_curve"][0] - 1.0
-    assert card["eval_tasks"] == 4 and set(card["targets"]) >= {"greedy_15_50", "format_ood_10"}
+    assert card["eval_tasks"] == 2 and set(card["targets"]) >= {"greedy_15_50", "format_ood_10"}
     corpus = card["corpus"]  # the mix is what was trained on: habits, both syntaxes, held-out templates
     assert corpus["turns/shortcut"] > 0 and corpus["turns/skip_setup"] > 0 and corpus["dialogs/train/python"] > 0
     assert corpus["dialogs/ood_content/hermes"] + corpus["dialogs/ood_content/python"] > 0

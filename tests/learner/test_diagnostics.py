@@ -202,24 +202,3 @@ def test_rl_update_and_the_probe_report_the_control_tokens_of_the_forward_pass(t
     finally:
         dist.destroy_process_group()
 
-
-@pytest.mark.slow
-def test_two_ranks_report_the_control_tokens_of_one(tiny_model_dir, ray_local):
-    """Every rank's positions are gathered: 2 ranks report the same step metrics as 1."""
-    from learner.group import LearnerGroup
-
-    tokenizer = load_tokenizer(tiny_model_dir)
-    replies = ['<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>', '<tool_call>\n<|im_end|>', "done"]
-    sequences = [dialog_sequence([{"role": "user", "content": "go"}, {"role": "assistant", "content": reply}],
-                                 tokenizer) for reply in replies]
-    batch = SequenceBatch([s[0] for s in sequences], [s[1] for s in sequences], [1.0, -1.0, 0.5])
-    config = LearnerConfig(lr=1e-4, micro_batch_size=1, mini_batch_tasks=0, threads=1, warmup_steps=0)
-    results = {}
-    for world in (1, 2):
-        group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), seed=0)
-        metrics = group.rl_update(batch, group_size=3)
-        results[world] = {k: v for k, v in metrics.items() if k.startswith("control")}
-        group.close()
-    assert len(results[1]) == 36 and set(results[1]) == set(results[2])
-    for key, value in results[1].items():
-        assert results[2][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

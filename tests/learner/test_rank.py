@@ -127,14 +127,21 @@ def test_warmup_counts_applied_updates_and_cosine_runs_over_training_steps(learn
 
 @pytest.mark.slow
 def test_two_ranks_make_the_same_update_as_one(tiny_model_dir, ray_local):
-    """FSDP2 over 2 gloo ranks == 1 rank, for RL (with KL and two mini-batches), SFT and combined updates."""
-    config = LearnerConfig(lr=1e-4, micro_batch_size=2, kl_coef=0.1, mini_batch_tasks=1, threads=1, warmup_steps=0)
+    """FSDP2 over 2 gloo ranks == 1 rank, for RL (with KL and two mini-batches), SFT and combined updates; then,
+    in a second run on the same ranks, the control-token metrics (every rank's positions are gathered)."""
+    from learner.batch import dialog_sequence
     from rollout.chat import load_tokenizer
 
-    vocab = len(load_tokenizer(tiny_model_dir))
-    rl = random_batch(vocab, 5, seed=3)  # odd: rank 1 gets an empty padding sequence
-    sft = random_batch(vocab, 3, seed=4, with_advantages=False)
-    results = {}
+    config = LearnerConfig(lr=1e-4, micro_batch_size=2, kl_coef=0.1, mini_batch_tasks=1, threads=1, warmup_steps=0)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rl = random_batch(len(tokenizer), 5, seed=3)  # odd: rank 1 gets an empty padding sequence
+    sft = random_batch(len(tokenizer), 3, seed=4, with_advantages=False)
+    replies = ['<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>', '<tool_call>\n<|im_end|>', "done"]
+    sequences = [dialog_sequence([{"role": "user", "content": "go"}, {"role": "assistant", "content": reply}],
+                                 tokenizer) for reply in replies]
+    dialogs = SequenceBatch([s[0] for s in sequences], [s[1] for s in sequences], [1.0, -1.0, 0.5])
+    control_config = LearnerConfig(lr=1e-4, micro_batch_size=1, mini_batch_tasks=0, threads=1, warmup_steps=0)
+    results, controls = {}, {}
     for world in (1, 2):
         group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), seed=0)
         metrics = group.rl_update(rl, group_size=3)
@@ -143,7 +150,12 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir, ray_local):
         results[world] = (metrics, group.state_dict_for_rollout())
         # k3 >= 0 always; > 0 because the second mini-batch runs after the first moved the policy off the reference
         assert metrics["kl_ref"] > 0 and metrics["pg_loss"] != 0
+        group.start(control_config.model_copy(update={"world_size": world}), 0)
+        controls[world] = {k: v for k, v in group.rl_update(dialogs, group_size=3).items() if k.startswith("control")}
         group.close()
+    assert len(controls[1]) == 36 and set(controls[1]) == set(controls[2])
+    for key, value in controls[1].items():
+        assert controls[2][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     (metrics_1, weights_1), (metrics_2, weights_2) = results[1], results[2]
     assert metrics_1["pg_loss"] == pytest.approx(metrics_2["pg_loss"], abs=1e-6)
     # Adam turns float-noise-sized gradients into lr-sized steps, so grad norms agree to float noise

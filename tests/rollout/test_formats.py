@@ -179,7 +179,7 @@ calls = st.builds(ToolCall, identifiers, st.dictionaries(identifiers, json_value
 SETTINGS = settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-@settings(SETTINGS, max_examples=1500)
+@settings(SETTINGS, max_examples=750)
 @given(calls=st.lists(calls, min_size=1, max_size=3))
 def test_render_then_parse_is_identity(calls):
     for fmt in FORMATS.values():

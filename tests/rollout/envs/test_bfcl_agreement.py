@@ -267,6 +267,5 @@ def test_checker_agrees_with_bfcl_eval(all_tasks):
 
 
 @pytest.mark.slow
-def test_checker_agrees_with_bfcl_eval_more_seeds(all_tasks):
-    for seed in (1, 2):
-        assert_agreement(all_tasks, seed=seed, minimum=4000)
+def test_checker_agrees_with_bfcl_eval_on_another_seed(all_tasks):
+    assert_agreement(all_tasks, seed=1, minimum=4000)

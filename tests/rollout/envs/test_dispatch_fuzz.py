@@ -78,7 +78,7 @@ def assert_observations(step):
     assert len(observations) == (1 if step.format_error else len(step.calls))
 
 
-SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @SETTINGS
@@ -153,10 +153,9 @@ def test_injection_strings_reach_no_interpreter(episodes, tmp_path):
     assert not os.path.exists(SENTINEL)
 
 
-@pytest.mark.slow
-@settings(max_examples=1_000, deadline=None, suppress_health_check=list(HealthCheck))
+@SETTINGS
 @given(data=st.data(), fmt=st.sampled_from(["hermes", "json"]), which=st.integers(0, 2))
-def test_fuzz_dispatch_long(episodes, data, fmt, which):
+def test_messages_of_several_calls_dispatch_safely(episodes, data, fmt, which):
     calls = data.draw(st.lists(call_objects(tool_names(episodes)), min_size=1, max_size=3))
     text = (
         "\n".join(f"<tool_call>\n{json.dumps(c)}\n</tool_call>" for c in calls) if fmt == "hermes" else json.dumps(calls)
