@@ -7,6 +7,15 @@ import pytest
 from learner.bootstrap import build_default_model
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under ``pytest -n`` (``make test``: two workers) the tests on the shared ``actors`` run in one worker, in
+    file order, so that a run finds the actors of an earlier run with the same ``actor_key`` alive."""
+    for item in items:
+        if "actors" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("shared_actors"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A small offline-built tiny policy (random weights), built once per test session; read-only."""
