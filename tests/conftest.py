@@ -9,11 +9,14 @@ from learner.bootstrap import build_default_model
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Under ``pytest -n`` (``make test``: two workers) the tests on the shared ``actors`` run in one worker, in
-    file order, so that a run finds the actors of an earlier run with the same ``actor_key`` alive."""
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``) every test on the session's Ray runs in one worker,
+    in file order: a run finds the shared actors of an earlier run with the same ``actor_key`` alive, and the
+    actors of two tests never hold memory at once. The other tests go file by file, so that a module's
+    fixtures (an in-process engine holds this process's torch.distributed group) end before another file's
+    tests start in that worker."""
     for item in items:
-        if "actors" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("shared_actors"))
+        on_ray = "ray_local" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("ray" if on_ray else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")
