@@ -6,17 +6,25 @@ import pytest
 
 from learner.bootstrap import build_default_model
 
+# Files whose tests start torch.distributed in the pytest process: in-process Learners, and in-process vLLM
+# engines, which never release it (a Learner started after one fails: "process group twice").
+IN_PROCESS_TORCH = {"tests/cluster/test_checkpoints.py", "tests/learner/test_bootstrap.py",
+                    "tests/learner/test_diagnostics.py", "tests/learner/test_lora.py", "tests/learner/test_rank.py",
+                    "tests/rollout/test_engine.py", "tests/rollout/test_worker.py"}
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Under ``pytest -n 2 --dist loadgroup`` (``make test``) every test on the session's Ray runs in one worker,
-    in file order: a run finds the shared actors of an earlier run with the same ``actor_key`` alive, and the
-    actors of two tests never hold memory at once. The other tests go file by file, so that a module's
-    fixtures (an in-process engine holds this process's torch.distributed group) end before another file's
-    tests start in that worker."""
+    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``); a group runs in one worker, in file order.
+    IN_PROCESS_TORCH: as a serial run orders them, the Learners before the engines. The other tests on the
+    session's Ray: a run finds the shared actors of an earlier run with the same ``actor_key`` alive, and the
+    actors of two tests never hold memory at once. The rest file by file, so that a module's fixtures end
+    before another file's tests start in that worker."""
     for item in items:
+        path = item.nodeid.split("::")[0]
         on_ray = "ray_local" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("ray" if on_ray else item.nodeid.split("::")[0]))
+        item.add_marker(pytest.mark.xdist_group("in_process_torch" if path in IN_PROCESS_TORCH else
+                                                "ray" if on_ray else path))
 
 
 @pytest.fixture(scope="session")
