@@ -32,7 +32,7 @@ train: setup
 
 test: setup
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

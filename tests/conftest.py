@@ -6,25 +6,32 @@ import pytest
 
 from learner.bootstrap import build_default_model
 
-# Files whose tests start torch.distributed in the pytest process: in-process Learners, and in-process vLLM
-# engines, which never release it (a Learner started after one fails: "process group twice").
-IN_PROCESS_TORCH = {"tests/cluster/test_checkpoints.py", "tests/learner/test_bootstrap.py",
-                    "tests/learner/test_diagnostics.py", "tests/learner/test_lora.py", "tests/learner/test_rank.py",
-                    "tests/rollout/test_engine.py", "tests/rollout/test_worker.py"}
+# `make test` runs pytest in two workers (`-n 2`); a group of files runs in one worker, file after file.
+# "ray": the tests on this session's Ray, so that a run finds the shared actors of an earlier run with the
+# same ``actor_key`` alive, and the actors of two tests never hold memory at once. "in_process_torch": the
+# files that start torch.distributed in the pytest process (in-process Learners, and in-process vLLM
+# engines, which never release it: a Learner started after one fails), in the order a serial run has them.
+# Any other file is a group of its own. (xdist's own xdist_group marks do not group under pytest 9.)
+GROUPS = {
+    **dict.fromkeys(["tests/cluster/test_scheduler.py", "tests/cluster/test_sweep.py", "tests/rollout/test_evaluate.py",
+                     "tests/supervision/test_adaptive.py", "tests/supervision/test_preset_runs.py",
+                     "tests/test_launch.py"], "ray"),
+    **dict.fromkeys(["tests/cluster/test_checkpoints.py", "tests/learner/test_bootstrap.py",
+                     "tests/learner/test_diagnostics.py", "tests/learner/test_lora.py", "tests/learner/test_rank.py",
+                     "tests/rollout/test_engine.py", "tests/rollout/test_worker.py"], "in_process_torch"),
+}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``); a group runs in one worker, in file order.
-    IN_PROCESS_TORCH: as a serial run orders them, the Learners before the engines. The other tests on the
-    session's Ray: a run finds the shared actors of an earlier run with the same ``actor_key`` alive, and the
-    actors of two tests never hold memory at once. The rest file by file, so that a module's fixtures end
-    before another file's tests start in that worker."""
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        on_ray = "ray_local" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("in_process_torch" if path in IN_PROCESS_TORCH else
-                                                "ray" if on_ray else path))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return GROUPS.get(path, path)
+
+    return FileGroups(config, log)
 
 
 @pytest.fixture(scope="session")
