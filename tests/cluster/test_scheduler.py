@@ -42,9 +42,8 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
     scheduler = scheduler_on(_config(tiny_model_dir, run_dir))
     steps = [scheduler.train_step() for _ in range(3)]
     assert [m["step"] for m in steps] == [1, 2, 3] and "eval/success" in steps[2]
-    # every step's rollouts were sampled with the learner's current weights (synced after the last update)
-    assert all(m["rollout_logprob_diff"] < 1e-3 for m in steps)
-    assert all(m["grad_norm"] > 0 for m in steps)
+    # every step updated, and its rollouts were sampled with the learner's current weights (synced after the last update)
+    assert all(m["rollout_logprob_diff"] < 1e-3 and m["grad_norm"] > 0 for m in steps)
 
     # weights changed, and rollouts after the sync use them: the engines' sampling logprobs match the
     # learner's now and are far from the starting model's
@@ -52,9 +51,9 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
     trajectories = scheduler.pool.generate(tasks, group_size=2, seed=99)
     # the groups, shared by the two workers, come back whole, scored by the environment over every user turn
     assert sorted((t.task_id, t.sample_index) for t in trajectories) == sorted((t.id, k) for t in tasks for k in (0, 1))
-    assert len({t.group_id for t in trajectories}) == 4
-    turns = {task.id: len(task.turns) for task in tasks}
-    assert all(t.result.turns == turns[t.task_id] and t.reward == float(t.result.success) for t in trajectories)
+    turns, groups = {task.id: len(task.turns) for task in tasks}, {t.group_id for t in trajectories}
+    assert len(groups) == 4 and all(t.result.turns == turns[t.task_id] and t.reward == float(t.result.success)
+                                    for t in trajectories)
     batch = rl_batch(trajectories)
     learner_logprobs = scheduler.learners.logprobs(batch)
     initial, _ = load_policy(tiny_model_dir)
@@ -68,8 +67,7 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
                 drift_now += abs(ours[t] - trajectory.logprobs[t])
                 drift_initial += abs(theirs[t] - trajectory.logprobs[t])
                 tokens += 1
-    assert tokens > 0
-    assert drift_now / tokens < 1e-3
+    assert tokens > 0 and drift_now / tokens < 1e-3
     assert drift_initial / tokens > 100 * drift_now / tokens
     scheduler.close()
 
