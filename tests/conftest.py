@@ -9,8 +9,9 @@ from learner.bootstrap import build_default_model
 # `make test` runs pytest in two workers (`-n 2`); a group of files runs in one worker, file after file.
 # "ray": the tests on this session's Ray, so that a run finds the shared actors of an earlier run with the
 # same ``actor_key`` alive, and the actors of two tests never hold memory at once. "in_process_torch": the
-# files that start torch.distributed in the pytest process (in-process Learners, and in-process vLLM
-# engines, which never release it: a Learner started after one fails), in the order a serial run has them.
+# files that start torch.distributed in the pytest process (in-process Learners and in-process vLLM engines:
+# a Learner started while an engine holds the default process group fails, "process group twice", as it
+# did when a module-scoped engine stayed alive across other files' tests), in the order a serial run has them.
 # Any other file is a group of its own. (xdist's own xdist_group marks do not group under pytest 9.)
 GROUPS = {
     **dict.fromkeys(["tests/cluster/test_scheduler.py", "tests/cluster/test_sweep.py", "tests/rollout/test_evaluate.py",

@@ -53,7 +53,7 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
     assert sorted((t.task_id, t.sample_index) for t in trajectories) == sorted((t.id, k) for t in tasks for k in (0, 1))
     turns, groups = {task.id: len(task.turns) for task in tasks}, {t.group_id for t in trajectories}
     assert len(groups) == 4 and all(t.result.turns == turns[t.task_id] and t.reward == float(t.result.success)
-                                    for t in trajectories)
+                                    and sum(t.loss_mask) > 0 for t in trajectories)
     batch = rl_batch(trajectories)
     learner_logprobs = scheduler.learners.logprobs(batch)
     initial, _ = load_policy(tiny_model_dir)
