@@ -27,7 +27,7 @@ from cluster.console import PHASES
 from learner.batch import SequenceBatch
 from learner.bootstrap import CorpusMix, build_default_model, mixed_stream
 from learner.config import LearnerConfig
-from learner.diagnostics import control_values
+from learner.diagnostics import control_values, decision_mask
 from learner.models import DEFAULT_POLICY
 from learner.rank import Learner, free_port
 
@@ -53,7 +53,7 @@ def learner_rate(model_dir: str, sequences: int, length: int, repeats: int) -> f
 def diagnostics_share(model_dir: str, sequences: int, repeats: int) -> tuple[float, int, int]:
     """(diagnostics seconds / rl_update seconds, decision points, tokens) on a batch of expert dialogs.
 
-    The diagnostics are timed on their own, on the logits of the update's micro-batches, as
+    The diagnostics are timed on their own, on the kept logits of the update's micro-batches, as
     ``_optimizer_step`` and ``rl_update`` call them (values per micro-batch, then the gathered reduction).
     """
     learner = Learner(model_dir, LearnerConfig(lr=1e-5, micro_batch_size=8))
@@ -67,9 +67,13 @@ def diagnostics_share(model_dir: str, sequences: int, repeats: int) -> tuple[flo
     for _ in range(repeats):
         learner.rl_update(batch, group_size=4)
     update_s = (time.perf_counter() - start) / repeats
+    parts = []
     with torch.no_grad():
-        parts = [(learner._logits(learner.model, ids, attention), ids, mask, torch.tensor(part.advantages))
-                 for part, ids, attention, mask in learner._micro_batches(learner._local(batch))]
+        for part in learner._local(batch):
+            ids, attention, mask = learner._tensors(part)
+            points = decision_mask(ids, mask, learner.control_tokens)
+            kept = learner._score(learner.model, ids, attention, points, kept=points).kept_logits
+            parts.append((kept, ids, mask, torch.tensor(part.advantages)))
     start = time.perf_counter()
     for _ in range(repeats):
         values = [control_values(*part, learner.control_tokens) for part in parts]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from learner.config import LearnerConfig
 from rollout.config import EnvConfig, RolloutConfig
@@ -68,6 +68,16 @@ class TrainerConfig(BaseModel):
         return suites
 
 
+class ClusterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    placement: Literal["colocate", "separate"] = Field(
+        "colocate", description="Where GPU actors go (cluster/placement.py; CPU-only runs ignore it). colocate: "
+        "RolloutWorker i and Learner rank i share one whole GPU (needs rollout.workers == learner.world_size and "
+        "worker_gpus + gpus_per_rank <= 1). separate: each actor its own bundle of worker_gpus / gpus_per_rank.",
+    )
+
+
 class ToolRLConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,6 +88,20 @@ class ToolRLConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="The training loop and its outputs.")
     supervision: SupervisionConfig = Field(default_factory=SupervisionConfig,
                                            description="Supervision signals and how SFT mixes into RL.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Where the actors run.")
+
+    @model_validator(mode="after")
+    def _placement_fits(self) -> ToolRLConfig:
+        rollout, learner = self.rollout, self.learner
+        uses_gpus = rollout.worker_gpus > 0 or learner.gpus_per_rank > 0
+        if uses_gpus and self.cluster.placement == "colocate":
+            if rollout.workers != learner.world_size:
+                raise ValueError(f"cluster.placement colocate pairs each RolloutWorker with a Learner rank: "
+                                 f"rollout.workers ({rollout.workers}) must equal learner.world_size ({learner.world_size})")
+            if rollout.worker_gpus + learner.gpus_per_rank > 1:
+                raise ValueError("cluster.placement colocate shares one GPU: rollout.worker_gpus + "
+                                 f"learner.gpus_per_rank must be <= 1 (got {rollout.worker_gpus + learner.gpus_per_rank:g})")
+        return self
 
     def run_path(self) -> Path:
         return Path(self.trainer.run_dir or Path("runs") / self.name)
@@ -101,7 +125,8 @@ def _first_error(exc: ValidationError) -> str:
         return f"config error: {where}: unknown field"
     got = error.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict) else ""
-    return f"config error: {where}: {error['msg']}{shown}"
+    message = error["msg"].removeprefix("Value error, ")  # a validator's own sentence
+    return f"config error: {where}: {message}{shown}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ToolRLConfig:

@@ -6,9 +6,12 @@ import math
 import os
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, min_cpus: float = 0) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, min_cpus: float = 0,
+             num_gpus: int | None = None) -> None:
     """Start (or join) Ray. The embedded default listens on 127.0.0.1 only, dashboard included, with
-    ``num_cpus`` logical CPUs (default: twice the cores, at least 4 and at least ``min_cpus``)."""
+    ``num_cpus`` logical CPUs (default: twice the cores, at least 4 and at least ``min_cpus``) and
+    ``num_gpus`` GPUs (default: the ones Ray detects; declared ones are scheduled even on a CPU machine,
+    which is how the tests place the GPU preset)."""
     import ray
 
     if ray.is_initialized():
@@ -24,6 +27,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, min_cpus: 
         num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1), math.ceil(min_cpus)),
         _node_ip_address="127.0.0.1",
         dashboard_host="127.0.0.1",
+        num_gpus=num_gpus,
         include_dashboard=False,
         log_to_driver=False,
     )

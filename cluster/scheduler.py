@@ -15,6 +15,7 @@ from pathlib import Path
 from cluster.checkpoints import checkpoint_before, checkpoint_to_resume, save_checkpoint
 from cluster.config import ToolRLConfig, dump_config
 from cluster.metrics import step_metrics, time_metrics
+from cluster.placement import start_actors
 from cluster.sampling import Draws, TaskSampler, draw_informative
 from learner.batch import SequenceBatch, rl_batch
 from learner.group import LearnerGroup
@@ -58,15 +59,12 @@ class Scheduler:
         self.model_path = resolve_model(trainer.model)
         self.sampler = TaskSampler(load_tasks(config.env.name, config.env.train_split, seed=config.env.seed), trainer.seed)
         self.eval_suites = eval_suites(config)
+        self.placement = None
         if pool is None:
-            self.pool = RolloutPool(self.model_path, config.rollout, config.env.reward, seed=trainer.seed)
+            self.pool, self.learners, self.placement = start_actors(config, self.model_path)
         else:
-            self.pool = pool
+            self.pool, self.learners = pool, learners
             pool.start(config.rollout, config.env.reward)
-        if learners is None:
-            self.learners = LearnerGroup(self.model_path, config.learner, seed=trainer.seed)
-        else:
-            self.learners = learners
             learners.start(config.learner, trainer.seed)
         self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.sampler.tasks, self.run_dir)
         self.alarm = Alarm(config.supervision.alarm)
@@ -84,7 +82,7 @@ class Scheduler:
                 self.adaptive.restore(state["adaptive"])
             self._truncate_metrics()
         if checkpoint is not None or pool is not None:  # the engines hold the model files' weights or another run's
-            self.pool.update_weights(self.learners.state_dict_for_rollout())
+            self.learners.push_weights(self.pool)
         (self.run_dir / "config.yaml").write_text(dump_config(config))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -107,13 +105,13 @@ class Scheduler:
                                           if trajectories else (None, {}))
             sft, sft_counts = self._sft_batch(kind)
         # update: GRPO, SFT, or one step on L_rl + λ·L_sft (old logprobs recomputed under the current weights)
-        with _timed(timings, "update"):
+        with _timed(timings, "update"), self.pool.asleep():
             learner_metrics = self._update(kind, batch, sft)
         updated = bool(learner_metrics)
         # sync: the new weights into every engine, in place (nothing to sync when no update ran)
         with _timed(timings, "sync"):
             if updated:
-                self.pool.update_weights(self.learners.state_dict_for_rollout())
+                self.learners.push_weights(self.pool)
         # observe: metrics, the alarm (and mode adaptive's reaction to it), samples
         with _timed(timings, "observe"):
             metrics = self._observe(kind, drawn, {**supervision_metrics, **sft_counts}, learner_metrics, updated)
@@ -208,7 +206,7 @@ class Scheduler:
         # the failures that led here.
         if fired and adaptive.rollback and (checkpoint := checkpoint_before(self.run_dir / "checkpoints", self.step - 1)):
             metrics["adaptive/rollback_step"] = float(self.learners.load(str(checkpoint))["step"])
-            self.pool.update_weights(self.learners.state_dict_for_rollout())
+            self.learners.push_weights(self.pool)
         self.adaptive.advance(kind, fired, adaptive)
         return {**metrics, "adaptive/sft_steps_left": float(self.adaptive.sft_steps_left),
                 "adaptive/lr_factor": self.adaptive.lr_factor}
@@ -258,6 +256,10 @@ class Scheduler:
 
     def close(self) -> None:
         self.writer.close()
+        if self.placement is not None:  # actors of its own: the group goes with them
+            self.pool.close()
+            self.learners.close()
+            self.placement.remove()
 
 
 @contextmanager

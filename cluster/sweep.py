@@ -166,8 +166,8 @@ def actor_key(config: ToolRLConfig) -> str:
     ``Learner.start`` (process group, resources, threads)."""
     learner = config.learner
     return json.dumps([config.trainer.model, config.trainer.seed, config.rollout.model_dump(include=ENGINE_FIELDS),
-                       learner.world_size, learner.cpus_per_rank,
-                       learner.gpus_per_rank, learner.threads], sort_keys=True)
+                       learner.world_size, learner.cpus_per_rank, learner.gpus_per_rank, learner.threads,
+                       config.cluster.placement], sort_keys=True)
 
 
 class Actors:
@@ -176,19 +176,15 @@ class Actors:
     docs/cli.md, sweep)."""
 
     def __init__(self):
-        self.key, self.pool, self.learners = None, None, None
+        self.key, self.pool, self.learners, self.placement = None, None, None, None
 
     def for_run(self, config: ToolRLConfig):
-        from learner.group import LearnerGroup
+        from cluster.placement import start_actors
         from learner.models import resolve_model
-        from rollout.worker import RolloutPool
 
         if actor_key(config) != self.key:
             self.close()
-            trainer = config.trainer
-            model = resolve_model(trainer.model)
-            self.pool = RolloutPool(model, config.rollout, config.env.reward, seed=trainer.seed)
-            self.learners = LearnerGroup(model, config.learner, seed=trainer.seed)
+            self.pool, self.learners, self.placement = start_actors(config, resolve_model(config.trainer.model))
             self.key = actor_key(config)
         return self.pool, self.learners
 
@@ -196,7 +192,9 @@ class Actors:
         for actors in (self.pool, self.learners):
             if actors is not None:
                 actors.close()
-        self.key, self.pool, self.learners = None, None, None
+        if self.placement is not None:
+            self.placement.remove()
+        self.key, self.pool, self.learners, self.placement = None, None, None, None
 
 
 def train_run(config: ToolRLConfig, actors: Actors, on_step: Callable[[dict], None]) -> None:

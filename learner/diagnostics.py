@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from learner.scoring import KeptLogits
 from rollout.chat import IM_END
 from rollout.formats import HermesFormat
 from rollout.types import ToolCall
@@ -108,11 +109,17 @@ def decision_points(token_ids: Tensor, loss_mask: Tensor, tokens: ControlTokens)
     return found
 
 
+def decision_mask(token_ids: Tensor, loss_mask: Tensor, tokens: ControlTokens) -> Tensor:
+    """[B, L] bool: the positions of every decision point (the logits ``control_values`` reads)."""
+    return torch.stack(list(decision_points(token_ids, loss_mask, tokens).values())).any(0)
+
+
 @torch.no_grad()
-def control_values(logits: Tensor, token_ids: Tensor, loss_mask: Tensor, advantages: Tensor,
+def control_values(logits: Tensor | KeptLogits, token_ids: Tensor, loss_mask: Tensor, advantages: Tensor,
                    tokens: ControlTokens) -> dict[str, Tensor]:
     """Per point, a float64 CPU tensor [N, K, 3] over its N positions and K token sets (``tokens.points()``
-    order): (probability p_S, "self" gradient, "other" gradient) of the set S.
+    order): (probability p_S, "self" gradient, "other" gradient) of the set S. ``logits`` are [B, L, V], or
+    the learner's ``KeptLogits`` of the decision points.
 
     The gradient is that of the unclipped, unnormalised policy-gradient loss ``-A · log p_x`` at each
     position (A the sequence's advantage, x the sampled token) with respect to the logits:
@@ -128,7 +135,7 @@ def control_values(logits: Tensor, token_ids: Tensor, loss_mask: Tensor, advanta
         sampled, advantage = token_ids[rows, columns], advantages[rows].double()
         per_set = []
         for token_set in tokens.points()[point].values():
-            ids = torch.tensor(token_set.ids, device=logits.device)
+            ids = torch.tensor(token_set.ids, device=token_ids.device)
             p = probabilities[:, ids].sum(-1)
             inside = torch.isin(sampled, ids)
             if token_set.complement:

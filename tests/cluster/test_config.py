@@ -52,6 +52,12 @@ def test_overrides_are_typed():
         (["env.reward.mode=lenient"], "config error: env.reward.mode: Input should be 'bfcl' or 'strict' (got 'lenient')"),
         (["rollout.group_size"], "config error: override 'rollout.group_size' must look like section.key=value"),
         (["env.seed.x=1"], "config error: env.seed: is not a section, cannot set env.seed.x"),
+        (["rollout.worker_gpus=0.5", "learner.gpus_per_rank=0.5", "learner.world_size=2"],
+         ("config error: (root): cluster.placement colocate pairs each RolloutWorker with a Learner rank: "
+          "rollout.workers (1) must equal learner.world_size (2)")),
+        (["rollout.worker_gpus=0.6", "learner.gpus_per_rank=0.6"],
+         ("config error: (root): cluster.placement colocate shares one GPU: rollout.worker_gpus + "
+          "learner.gpus_per_rank must be <= 1 (got 1.2)")),
     ],
 )
 def test_bad_overrides_fail_in_one_line_naming_the_field(overrides, message):

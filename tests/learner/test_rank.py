@@ -127,8 +127,9 @@ def test_warmup_counts_applied_updates_and_cosine_runs_over_training_steps(learn
 
 @pytest.mark.slow
 def test_two_ranks_make_the_same_update_as_one(tiny_model_dir, ray_local):
-    """FSDP2 over 2 gloo ranks == 1 rank, for RL (with KL and two mini-batches), SFT and combined updates; then,
-    in a second run on the same ranks, the control-token metrics (every rank's positions are gathered)."""
+    """FSDP2 over 2 gloo ranks == 1 rank, for RL (with KL and two mini-batches), SFT and combined updates; the
+    same RL update in bf16 mixed precision (to bf16 tolerance); then, in a further run on the same ranks, the
+    control-token metrics (every rank's positions are gathered)."""
     from learner.batch import dialog_sequence
     from rollout.chat import load_tokenizer
 
@@ -141,7 +142,7 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir, ray_local):
                                  tokenizer) for reply in replies]
     dialogs = SequenceBatch([s[0] for s in sequences], [s[1] for s in sequences], [1.0, -1.0, 0.5])
     control_config = LearnerConfig(lr=1e-4, micro_batch_size=1, mini_batch_tasks=0, threads=1, warmup_steps=0)
-    results, controls = {}, {}
+    results, controls, mixed = {}, {}, {}
     for world in (1, 2):
         group = LearnerGroup(tiny_model_dir, config.model_copy(update={"world_size": world}), seed=0)
         metrics = group.rl_update(rl, group_size=3)
@@ -150,6 +151,8 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir, ray_local):
         results[world] = (metrics, group.state_dict_for_rollout())
         # k3 >= 0 always; > 0 because the second mini-batch runs after the first moved the policy off the reference
         assert metrics["kl_ref"] > 0 and metrics["pg_loss"] != 0
+        group.start(config.model_copy(update={"world_size": world, "param_dtype": "bfloat16"}), 0)
+        mixed[world] = group.rl_update(rl, group_size=3)  # bf16 all-gathers and compute, fp32 reduce-scatter
         group.start(control_config.model_copy(update={"world_size": world}), 0)
         controls[world] = {k: v for k, v in group.rl_update(dialogs, group_size=3).items() if k.startswith("control")}
         group.close()
@@ -163,3 +166,28 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir, ray_local):
     assert metrics_1["grad_norm"] == pytest.approx(metrics_2["grad_norm"], rel=1e-4)
     worst = max((weights_1[k] - weights_2[k]).abs().max().item() for k in weights_1)
     assert worst < 1e-5
+    # mixed precision: the fp32 update's loss and gradient to bf16 tolerance (8 bits of mantissa), on 1 and 2 ranks
+    for world in (1, 2):
+        for key in ("pg_loss", "grad_norm"):  # kl_ref, a difference of two bf16 log-probs, is bf16 noise
+            assert mixed[world][key] == pytest.approx(results[1][0][key], rel=2e-2), (world, key)
+    assert mixed[2]["grad_norm"] != results[1][0]["grad_norm"]  # bf16 did compute in bf16
+    assert mixed[2]["pg_loss"] == pytest.approx(mixed[1]["pg_loss"], rel=1e-2)
+
+
+def _gradients(learner: Learner, batch: SequenceBatch) -> dict[str, torch.Tensor]:
+    learner.rl_update(batch, group_size=2)
+    return {name: p.grad.full_tensor().clone() for name, p in learner.model.named_parameters()}
+
+
+def test_activation_checkpointing_and_small_logit_chunks_leave_the_gradients_unchanged(learner):
+    batch = random_batch(len(learner.tokenizer), 4, seed=5)
+    base = learner.config.model_copy(update={"lr": 1e-30, "kl_coef": 0.1, "entropy_coef": 0.01})
+    gradients = {}
+    for name, update in {"plain": {}, "checkpointed": {"gradient_checkpointing": True},
+                         "chunks of 3 tokens": {"logits_chunk_tokens": 3}}.items():
+        learner.start(base.model_copy(update=update), seed=0)
+        gradients[name] = _gradients(learner, batch)
+    assert any(g.abs().max() > 1e-4 for g in gradients["plain"].values())
+    for name in ("checkpointed", "chunks of 3 tokens"):
+        for key, value in gradients["plain"].items():
+            torch.testing.assert_close(gradients[name][key], value, atol=1e-5, rtol=1e-5, msg=f"{name}: {key}")
