@@ -39,8 +39,10 @@ def peak_mb() -> float:
     return _status_mb("VmHWM")
 
 
-def qwen_vocab_model(directory: Path) -> Path:
-    """The default policy's tokenizer and layout with Qwen2.5's vocabulary, hidden size 64 and 1 layer."""
+def qwen_vocab_model(directory: Path, full_size: bool = False) -> Path:
+    """A random Qwen2 with Qwen2.5's 151,936-token vocabulary and the embedded default's tokenizer: the body
+    of Qwen2.5-1.5B (``full_size``, built on the GPU when there is one, saved in bf16) or a 1-layer, 64-wide
+    one (fp32)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -48,11 +50,21 @@ def qwen_vocab_model(directory: Path) -> Path:
     from rollout.chat import load_tokenizer
 
     config = Qwen2Config.from_pretrained(DEFAULT_POLICY)
-    config.update({"vocab_size": QWEN_VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
-                   "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 8192,
-                   "layer_types": ["full_attention"], "tie_word_embeddings": True})
+    if full_size:
+        body = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                "num_key_value_heads": 2, "max_position_embeddings": 32768, "rope_parameters": {
+                    "rope_type": "default", "rope_theta": 1000000.0}}
+    else:
+        body = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "num_key_value_heads": 1, "max_position_embeddings": 8192}
+    # initializer_range 0.2, not 0.02: distributions far from uniform, so sampled tokens and log-probs show
+    # which weights an engine holds
+    config.update({"vocab_size": QWEN_VOCAB, "tie_word_embeddings": True, "initializer_range": 0.2, **body,
+                   "layer_types": ["full_attention"] * body["num_hidden_layers"]})
     torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(directory)
+    with torch.device("cuda" if full_size and torch.cuda.is_available() else "cpu"):
+        model = Qwen2ForCausalLM(config)
+    (model.to(torch.bfloat16) if full_size else model).save_pretrained(directory)
     load_tokenizer(DEFAULT_POLICY).save_pretrained(directory)
     return directory
 
