@@ -87,6 +87,8 @@ class Learner:
         """Join the process group, then start the first run."""
         on_gpu = torch.cuda.is_available() and self.config.gpus_per_rank > 0
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        if on_gpu:
+            torch.cuda.set_device(self.device)  # NCCL binds each rank to its current device
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         dist.init_process_group("nccl" if on_gpu else "gloo", rank=self.rank, world_size=self.world_size)
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
