@@ -27,7 +27,7 @@ from cluster.console import PHASES
 from learner.batch import SequenceBatch
 from learner.bootstrap import CorpusMix, build_default_model, mixed_stream
 from learner.config import LearnerConfig
-from learner.diagnostics import control_values, decision_mask
+from learner.diagnostics import control_values, decision_mask, decision_points
 from learner.models import DEFAULT_POLICY
 from learner.rank import Learner, free_port
 
@@ -71,12 +71,13 @@ def diagnostics_share(model_dir: str, sequences: int, repeats: int) -> tuple[flo
     with torch.no_grad():
         for part in learner._local(batch):
             ids, attention, mask = learner._tensors(part)
-            points = decision_mask(ids, mask, learner.control_tokens)
-            kept = learner._score(learner.model, ids, attention, points, kept=points).kept_logits
+            where = decision_mask(decision_points(ids, mask, learner.control_tokens))
+            kept = learner._score(learner.model, ids, attention, where, kept=where).kept_logits
             parts.append((kept, ids, mask, torch.tensor(part.advantages)))
     start = time.perf_counter()
-    for _ in range(repeats):
-        values = [control_values(*part, learner.control_tokens) for part in parts]
+    for _ in range(repeats):  # finding the points (the grammar's on text) and reading them
+        values = [control_values(kept, ids, decision_points(ids, mask, learner.control_tokens), advantages,
+                                 learner.control_tokens) for kept, ids, mask, advantages in parts]
         learner._control_metrics(values)
     diagnostics_s = (time.perf_counter() - start) / repeats
     dist.destroy_process_group()

@@ -9,13 +9,16 @@ Points (position ``t`` is the token being predicted, scored from the logits at `
 ``learner.losses.sequence_logprobs``):
 
 - ``call_open``: right after ``<tool_call>`` + a newline: ``healthy`` (the first token of the call's JSON,
-  ``{"`` for the hermes format), ``im_end``, ``tool_call`` (another ``<tool_call>``);
+  ``{"`` for the hermes format), ``im_end``, ``tool_call`` (another ``<tool_call>``); only the first of a
+  run of ``<tool_call>`` repeats (a message looping ``<tool_call>\n<tool_call>\n…`` is one decision);
 - ``call_close``: right after ``</tool_call>``: ``im_end`` and ``text`` (anything that is not ``<|im_end|>``,
   a newline or ``<tool_call>``);
-- ``turn_end``: where the policy generated ``<|im_end|>``: ``im_end``.
+- ``turn_end``: where the policy generated ``<|im_end|>``: ``im_end``;
+- the JSON-grammar points inside a call (``learner.grammar``): ``call_key``, ``tool_name``,
+  ``arguments_open``, ``value_end``.
 
-Everything is vectorised: the masks are built over [B, L] at once and the softmax is taken only at the
-(few) selected positions.
+The control-token masks are built over [B, L] at once, the grammar points by regular expressions over each
+message's text; the softmax is taken only at the (few) selected positions.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from learner.grammar import GrammarTokens, grammar_points
 from learner.scoring import KeptLogits
 from rollout.chat import IM_END
+from rollout.envs.bfcl import api_names
 from rollout.formats import HermesFormat
 from rollout.types import ToolCall
 
@@ -53,6 +58,7 @@ class ControlTokens:
     # The first token after "<tool_call>" + newline in a rendered hermes call; None (no call_open point)
     # when the tokenizer does not render a call as <tool_call>, newline, ...
     healthy: int | None
+    grammar: GrammarTokens | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> ControlTokens:
@@ -69,7 +75,8 @@ class ControlTokens:
         rendered = tokenizer.encode(HermesFormat().render([ToolCall("f", {})]), add_special_tokens=False)
         layout_ok = call_open is not None and rendered[0] == call_open and rendered[1] in newlines
         healthy = rendered[2] if layout_ok else None
-        return cls(im_end, newlines, call_open, call_close, healthy)
+        grammar = GrammarTokens.from_tokenizer(tokenizer, texts, *api_names())
+        return cls(im_end, newlines, call_open, call_close, healthy, grammar)
 
     def points(self) -> dict[str, dict[str, TokenSet]]:
         """Per decision point this tokenizer can show, its reported token sets."""
@@ -82,12 +89,15 @@ class ControlTokens:
             structure = (self.im_end, *self.newlines, *((self.call_open,) if self.call_open is not None else ()))
             points["call_close"] = {"im_end": end, "text": TokenSet(structure, complement=True)}
         points["turn_end"] = {"im_end": end}
+        for point, sets in (self.grammar.sets if self.grammar else {}).items():
+            points[point] = {name: TokenSet(ids) for name, ids in sets.items()}
         return points
 
 
 def _previous(values: Tensor, steps: int, fill) -> Tensor:
     """[B, L] → [B, L] with ``[:, t] = values[:, t - steps]`` (``fill`` where ``t < steps``)."""
-    return torch.nn.functional.pad(values[:, :-steps], (steps, 0), value=fill)
+    shift = min(steps, values.shape[1])
+    return torch.nn.functional.pad(values[:, : values.shape[1] - shift], (shift, 0), value=fill)
 
 
 def decision_points(token_ids: Tensor, loss_mask: Tensor, tokens: ControlTokens) -> dict[str, Tensor]:
@@ -96,30 +106,34 @@ def decision_points(token_ids: Tensor, loss_mask: Tensor, tokens: ControlTokens)
     A point's context tokens must be generated too (markup in the prompt, e.g. the system prompt's
     example call, is not the policy's decision).
     """
+    tokens_before = {steps: _previous(token_ids, steps, -1) for steps in (1, 2, 4)}  # the tokens at t - steps
     generated = loss_mask.bool() & (torch.arange(loss_mask.shape[1], device=loss_mask.device) > 0)  # t - 1 exists
     generated_before = generated & _previous(generated, 1, False)
     found = {}
     if tokens.healthy is not None:
         newline = torch.isin(token_ids, torch.tensor(tokens.newlines, device=token_ids.device))
-        found["call_open"] = (generated_before & _previous(generated, 2, False) & _previous(newline, 1, False)
-                              & (_previous(token_ids, 2, -1) == tokens.call_open))
+        call_open = _previous(generated, 2, False) & (tokens_before[2] == tokens.call_open)
+        repeat = _previous(newline, 3, False) & (tokens_before[4] == tokens.call_open)  # its <tool_call> looped
+        found["call_open"] = generated_before & call_open & _previous(newline, 1, False) & ~repeat
     if tokens.call_close is not None:
-        found["call_close"] = generated_before & (_previous(token_ids, 1, -1) == tokens.call_close)
+        found["call_close"] = generated_before & (tokens_before[1] == tokens.call_close)
     found["turn_end"] = generated & (token_ids == tokens.im_end)
+    if tokens.grammar is not None:
+        found.update(grammar_points(token_ids, loss_mask, tokens.grammar))
     return found
 
 
-def decision_mask(token_ids: Tensor, loss_mask: Tensor, tokens: ControlTokens) -> Tensor:
+def decision_mask(points: dict[str, Tensor]) -> Tensor:
     """[B, L] bool: the positions of every decision point (the logits ``control_values`` reads)."""
-    return torch.stack(list(decision_points(token_ids, loss_mask, tokens).values())).any(0)
+    return torch.stack(list(points.values())).any(0)
 
 
 @torch.no_grad()
-def control_values(logits: Tensor | KeptLogits, token_ids: Tensor, loss_mask: Tensor, advantages: Tensor,
+def control_values(logits: Tensor | KeptLogits, token_ids: Tensor, points: dict[str, Tensor], advantages: Tensor,
                    tokens: ControlTokens) -> dict[str, Tensor]:
-    """Per point, a float64 CPU tensor [N, K, 3] over its N positions and K token sets (``tokens.points()``
-    order): (probability p_S, "self" gradient, "other" gradient) of the set S. ``logits`` are [B, L, V], or
-    the learner's ``KeptLogits`` of the decision points.
+    """Per point, a float64 CPU tensor [N, K, 3] over its N positions (``points``, from ``decision_points``)
+    and K token sets (``tokens.points()`` order): (probability p_S, "self" gradient, "other" gradient) of
+    the set S. ``logits`` are [B, L, V], or the learner's ``KeptLogits`` of the decision points.
 
     The gradient is that of the unclipped, unnormalised policy-gradient loss ``-A · log p_x`` at each
     position (A the sequence's advantage, x the sampled token) with respect to the logits:
@@ -129,7 +143,7 @@ def control_values(logits: Tensor | KeptLogits, token_ids: Tensor, loss_mask: Te
     left out: this shows the direction RL pushes each control token, not the exact update.
     """
     values = {}
-    for point, where in decision_points(token_ids, loss_mask, tokens).items():
+    for point, where in points.items():
         rows, columns = where.nonzero(as_tuple=True)
         probabilities = torch.softmax(logits[rows, columns - 1].double(), dim=-1)  # [N, V]
         sampled, advantage = token_ids[rows, columns], advantages[rows].double()

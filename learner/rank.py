@@ -29,7 +29,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from learner.batch import SequenceBatch
 from learner.config import LearnerConfig, warmup_cosine
-from learner.diagnostics import ControlTokens, control_metrics, control_values, decision_mask
+from learner.diagnostics import ControlTokens, control_metrics, control_values, decision_mask, decision_points
 from learner.layout import micro_batches, split_even
 from learner.lora import add_adapters, load_weights, merged_weights, save_weights
 from learner.losses import entropy_loss, kl_loss, policy_loss, sft_loss
@@ -205,8 +205,9 @@ class Learner:
         for index, part in enumerate(rl.batch):
             ids, attention, mask = self._tensors(part)
             advantages = torch.tensor(part.advantages, device=self.device)
-            points = decision_mask(ids, mask, self.control_tokens) if control is not None else None
-            scores = self._score(self.model, ids, attention, mask, part.temperature, entropy=True, kept=points)
+            points = decision_points(ids, mask, self.control_tokens) if control is not None else None
+            kept = decision_mask(points) if points is not None else None
+            scores = self._score(self.model, ids, attention, mask, part.temperature, entropy=True, kept=kept)
             shaped, weights = off_policy_terms(part, rl.old_logprobs[index])
             loss, metrics = policy_loss(scores.logprobs, rl.old_logprobs[index], advantages, mask, cfg.clip_low,
                                         cfg.clip_high, cfg.dual_clip, cfg.aggregation, rl.denominator,
@@ -214,7 +215,7 @@ class Learner:
             total += loss.detach()
             record(metrics)
             if control is not None:
-                control.append(control_values(scores.kept_logits, ids, mask, advantages, self.control_tokens))
+                control.append(control_values(scores.kept_logits, ids, points, advantages, self.control_tokens))
             entropy, entropy_metrics = entropy_loss(scores.entropy, mask, cfg.aggregation, rl.denominator)
             record(entropy_metrics)
             if cfg.entropy_coef:
@@ -297,9 +298,10 @@ class Learner:
         control = []
         for part in self._local(batch):
             ids, attention, mask = self._tensors(part)
-            points = decision_mask(ids, mask, self.control_tokens)
-            kept = self._score(self.model, ids, attention, points, part.temperature, kept=points).kept_logits
-            control.append(control_values(kept, ids, mask, torch.tensor(part.advantages, device=self.device),
+            points = decision_points(ids, mask, self.control_tokens)
+            where = decision_mask(points)
+            kept = self._score(self.model, ids, attention, where, part.temperature, kept=where).kept_logits
+            control.append(control_values(kept, ids, points, torch.tensor(part.advantages, device=self.device),
                                           self.control_tokens))
         return self._control_metrics(control)
 

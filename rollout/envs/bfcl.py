@@ -60,6 +60,14 @@ def class_tools(class_name: str) -> tuple[dict, ...]:
     )
 
 
+@cache
+def api_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every tool name and every argument name of the BFCL multi-turn APIs (synth's tasks call the same)."""
+    tools = [tool for class_name in MULTI_TURN_FUNC_DOC_FILE_MAPPING for tool in class_tools(class_name)]
+    arguments = {name for tool in tools for name in tool["parameters"].get("properties", {})}
+    return tuple(sorted({tool["name"] for tool in tools})), tuple(sorted(arguments))
+
+
 def scenario_split(seed: int) -> dict[str, set[int]]:
     indices = list(range(SCENARIOS))
     random.Random(f"bfcl-split-{seed}").shuffle(indices)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 
 import pytest
 
-from cluster.comparison import compare, markdown, run_outcome, table_cells
+from cluster.comparison import compare, markdown, run_outcome, t_quantile, table_cells
 from cluster.config import dump_config
 from cluster.sweep import is_finished, load_preset, plan, prepare
 
@@ -86,21 +87,42 @@ def test_finished_runs_are_kept_unfinished_ones_resume_or_start_over(tmp_path):
         prepare(unfinished)
 
 
-def test_comparison_numbers(tmp_path):
-    def outcome(name, seed, success, alarm, spike, wall):
-        return {"configuration": name, "seed": seed, "id": success, "format_ood": success / 2,
-                "content_ood": None, "collapsed": alarm, "max_spike": spike, "wall_s": wall}
+def test_t_quantiles_match_the_tables():
+    assert [round(t_quantile(df), 3) for df in (1, 2, 3, 4, 10, 30)] == [12.706, 4.303, 3.182, 2.776, 2.228, 2.042]
 
-    outcomes = [outcome("rl", 0, 0.2, True, 0.9, 100.0), outcome("rl", 1, 0.3, False, 0.1, 110.0),
-                outcome("rl", 2, 0.4, False, None, 120.0), outcome("mixed", 0, 0.25, False, None, 90.0)]
+
+def test_comparison_numbers(tmp_path):
+    def outcome(name, seed, success, alarm, spike, wall, grammar=None):
+        return {"configuration": name, "seed": seed, "id": success, "format_ood": success / 2,
+                "content_ood": None, "collapsed": alarm is not None, "first_collapse": alarm, "max_spike": spike,
+                "max_grammar_spike": grammar, "wall_s": wall}
+
+    outcomes = [outcome("rl", 0, 0.2, 3, 0.9, 100.0, 0.5), outcome("rl", 1, 0.3, None, 0.1, 110.0),
+                outcome("rl", 2, 0.4, None, None, 120.0), outcome("mixed", 0, 0.25, None, None, 90.0),
+                outcome("sup", 0, 0.5, 5, None, 80.0, 0.25), outcome("sup", 1, 0.6, 2, None, 80.0),
+                outcome("sup", 2, 0.55, None, None, 80.0)]
     rows = compare(outcomes, start={"eval/success": 0.215, "eval/format_ood/success": 0.01})
-    start, rl, mixed = rows
+    start, rl, mixed, sup = rows
     assert start["configuration"] == "start (no training)" and start["id"]["mean"] == 0.215
     assert rl["id"]["mean"] == pytest.approx(0.3) and rl["id"]["std"] == pytest.approx(statistics.stdev([0.2, 0.3, 0.4]))
+    # 95 % t-interval of 3 values: t(0.975, 2) = 4.3027 times 0.1 / √3
+    assert rl["id"]["ci"] == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-4)
     assert rl["collapse_rate"] == pytest.approx(1 / 3) and rl["max_spike"] == 0.9 and rl["wall_s"] == 110.0
-    assert table_cells(rl) == ["rl", "3", "30.0 ± 10.0", "15.0 ± 5.0", "n/a", "0.33", "0.9", "110"]
-    assert table_cells(mixed) == ["mixed", "1", "25.0", "12.5", "n/a", "0.00", "n/a", "90"]
-    assert table_cells(start)[2:4] == ["21.5", "1.0"]
+    assert rl["first_collapse"] == 3 and rl["max_grammar_spike"] == 0.5 and rl["vs_rl"] == {}
+    # Welch: variances 0.01 and 0.0025 over 3 each → se² = 0.004167, df = se⁴ / Σ (v/n)²/(n-1) = 2.941
+    se2 = 0.01 / 3 + 0.0025 / 3
+    df = se2 ** 2 / ((0.01 / 3) ** 2 / 2 + (0.0025 / 3) ** 2 / 2)
+    assert df == pytest.approx(2.941, abs=1e-3)
+    assert sup["vs_rl"]["id"]["diff"] == pytest.approx(0.25)
+    assert sup["vs_rl"]["id"]["ci"] == pytest.approx(t_quantile(df) * math.sqrt(se2), rel=1e-9)
+    assert t_quantile(3) < t_quantile(df) < t_quantile(2.9)
+    assert sup["first_collapse"] == 2 and sup["collapse_rate"] == pytest.approx(2 / 3)
+    assert table_cells(rl) == ["rl", "3", "30.0 ± 24.8", "", "15.0 ± 12.4", "", "n/a", "", "0.33", "3", "0.9", "0.5",
+                               "110"]
+    assert table_cells(mixed) == ["mixed", "1", "25.0", "-5.0", "12.5", "-2.5", "n/a", "n/a", "0.00", "n/a", "n/a",
+                                  "n/a", "90"]
+    assert table_cells(sup)[2:4] == ["55.0 ± 12.4", f"+25.0 ± {100 * sup['vs_rl']['id']['ci']:.1f}"]
+    assert table_cells(start)[2:4] == ["21.5", ""]
     lines = markdown(rows, "t").splitlines()
     assert lines[0] == "# t" and lines[4:] == ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
 
@@ -111,12 +133,14 @@ def test_outcome_reads_the_final_eval_alarms_and_spikes(tmp_path):
     records = [{"step": 0, "eval/success": 0.9},
                {"step": 1, "alarm": 0.0, "control/call_open/im_end/max": 0.2},
                {"step": 2, "alarm": 1.0, "control/call_open/tool_call/max": 0.7, "control/turn_end/im_end/max": 1.0,
+                "control/call_key/argument_key/max": 0.4, "control/call_key/name/max": 1.0,
                 "eval/success": 0.1, "eval/format_ood/success": 0.05, "eval/content_ood/success": 0.0}]
     (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run.run_dir / "sweep_wall.json").write_text(json.dumps({"attempts": [10.0, 5.5]}))
     got = run_outcome(run)
     assert (got["id"], got["format_ood"], got["content_ood"]) == (0.1, 0.05, 0.0)
     assert got["collapsed"] is True and got["max_spike"] == 0.7 and got["wall_s"] == 15.5
+    assert got["first_collapse"] == 2 and got["max_grammar_spike"] == 0.4
 
 
 @pytest.mark.slow

@@ -69,14 +69,29 @@ def test_decision_points_are_the_hand_listed_generated_positions(tokenizer, toke
     first_close = reply_0.index(tokens.call_close)
     assert reply_0[first_close:] == [tokens.call_close, tokens.newlines[0], tokens.call_open, tokens.newlines[0],
                                      tokens.call_open, tokens.im_end]
+    # and its call: <tool_call> \n {" name ": ␠ " f ", ␠ " arguments ": ␠ { }} (indices 0-15)
+    assert [tokenizer.decode([i]) for i in reply_0[3:16:4]] == ["name", "f", "arguments", "}}"]
     expected = {
         "call_open": {(0, prompt + 2), (0, prompt + first_close + 4)},
         "call_close": {(0, prompt + first_close + 1), (1, prompt + 1)},
         "turn_end": {(0, prompt + len(reply_0) - 1), (1, prompt + 1)},
+        "call_key": {(0, prompt + 3)}, "tool_name": {(0, prompt + 7)}, "value_end": {(0, prompt + 8)},
+        "arguments_open": {(0, prompt + 14)},
     }
     assert reply_1[:2] == [tokens.call_close, tokens.im_end]
     found = decision_points(ids, mask, tokens)
     assert {point: {tuple(p) for p in where.nonzero().tolist()} for point, where in found.items()} == expected
+
+
+def test_a_run_of_tool_call_repeats_is_one_call_open(tokenizer, tokens):
+    """Only the first ``<tool_call>\n`` of a loop is a decision; a new run after other text is another."""
+    loop = "<tool_call>\n" * 4 + '{"name"'
+    reply = encode(tokenizer, loop + "</tool_call>\n" + loop)
+    ids, mask = torch.tensor([[0, *reply]]), torch.tensor([[0] + [1] * len(reply)])
+    positions = decision_points(ids, mask, tokens)["call_open"][0].nonzero().flatten().tolist()
+    second = 1 + reply.index(tokens.call_close) + 2  # the second loop's first <tool_call>
+    assert positions == [1 + 2, second + 2]  # the tokens after each loop's first "<tool_call>\n"
+    assert [reply[p - 1] for p in positions] == [tokens.call_open] * 2  # each of them sampled a repeat
 
 
 def _hand_logits(ids: torch.Tensor, tokens: ControlTokens, vocab: int, prompt: int, first_close: int):
@@ -97,7 +112,7 @@ def test_probabilities_equal_softmax_of_the_logits_before_the_position(tokenizer
     vocab = len(tokenizer)
     first_close = reply_0.index(tokens.call_close)
     logits = _hand_logits(ids, tokens, vocab, prompt, first_close)
-    values = control_values(logits, ids, mask, torch.tensor([1.5, -0.5]), tokens)
+    values = control_values(logits, ids, decision_points(ids, mask, tokens), torch.tensor([1.5, -0.5]), tokens)
     # call_open, first position (row 0, after "<tool_call>\n"): logits 2, 1, 0.5 and vocab - 3 zeros
     total = math.exp(2.0) + math.exp(1.0) + math.exp(0.5) + (vocab - 3)
     healthy, im_end, tool_call = values["call_open"][0, :, 0].tolist()
@@ -136,8 +151,8 @@ def test_gradient_decomposition_equals_autograd(tokenizer, tokens, batch):
     vocab = len(tokenizer)
     logits = torch.randn(ids.shape[0], ids.shape[1], vocab, generator=torch.Generator().manual_seed(0)) * 3
     advantages = torch.tensor([1.5, -0.5])
-    metrics = control_metrics([control_values(logits, ids, mask, advantages, tokens)], tokens)
     found = decision_points(ids, mask, tokens)
+    metrics = control_metrics([control_values(logits, ids, found, advantages, tokens)], tokens)
     checked = 0
     for point, sets in tokens.points().items():
         for name, token_set in sets.items():
@@ -147,7 +162,7 @@ def test_gradient_decomposition_equals_autograd(tokenizer, tokens, batch):
             assert metrics[f"control_grad/{point}/{name}/total"] == pytest.approx(
                 expected["self"] + expected["other"], abs=1e-9)
             checked += 1
-    assert checked == 6
+    assert checked == 12  # 6 control-token sets, 6 JSON-grammar sets
     # at a turn end the sampled token is <|im_end|> itself: all of its gradient is "self"
     assert metrics["control_grad/turn_end/im_end/other"] == 0.0
     assert metrics["control_grad/turn_end/im_end/self"] != 0.0
@@ -162,7 +177,8 @@ def test_step_statistics_pool_every_micro_batch():
         p = k / 100
         logits = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
         logits[0, 0, 2] = math.log(p / (1 - p)) + math.log(2) if 0 < p < 1 else (-50.0 if p == 0 else 50.0)
-        micro_batches.append(control_values(logits, ids, mask, torch.tensor([1.0]), tokens))
+        micro_batches.append(control_values(logits, ids, decision_points(ids, mask, tokens), torch.tensor([1.0]),
+                                            tokens))
     metrics = control_metrics(micro_batches, tokens)  # float32 logits: p to ~1e-7
     assert set(metrics) == {f"control/turn_end/im_end/{s}" for s in ("mean", "p99", "max")} | {
         f"control_grad/turn_end/im_end/{s}" for s in ("total", "self", "other")}
@@ -190,11 +206,12 @@ def test_rl_update_and_the_probe_report_the_control_tokens_of_the_forward_pass(t
         ids, attention, mask = batch.padded(tokenizer.pad_token_id)
         with torch.no_grad():
             logits = learner.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
-        expected = control_metrics([control_values(logits, ids, mask, torch.tensor(batch.advantages),
+        points = decision_points(ids, mask, learner.control_tokens)
+        expected = control_metrics([control_values(logits, ids, points, torch.tensor(batch.advantages),
                                                    learner.control_tokens)], learner.control_tokens)
         probed = learner.control_probe(batch)  # a forward pass alone: it must not move the weights
         metrics = learner.rl_update(batch, group_size=3)
-        assert len(expected) == (3 + 2 + 1) * 6  # the points' tokens, 6 statistics each
+        assert len(expected) == (3 + 2 + 1 + 2 + 1 + 1 + 2) * 6  # the points' token sets, 6 statistics each
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
             assert probed[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
@@ -202,3 +219,13 @@ def test_rl_update_and_the_probe_report_the_control_tokens_of_the_forward_pass(t
     finally:
         dist.destroy_process_group()
 
+
+
+def test_rows_shorter_than_the_context_have_no_points(tokens):
+    """Rows of four and three tokens (one a prompt token): the loop rule's look-back (t - 4) falls off."""
+    ids = torch.tensor([[tokens.im_end, tokens.call_open, tokens.newlines[0], tokens.healthy]])
+    found = decision_points(ids, torch.tensor([[0, 1, 1, 1]]), tokens)
+    assert {point: where.tolist() for point, where in found.items()} == {
+        point: [[False] * 3 + [point == "call_open"]] for point in tokens.points()}
+    short = decision_points(ids[:, :3], torch.tensor([[0, 1, 1]]), tokens)  # shorter than the look-back
+    assert not any(where.any() for where in short.values())
