@@ -2,8 +2,9 @@
 
 Per configuration: final eval success of the id, format-OOD and content-OOD suites as the mean over seeds
 ± the half-width of its 95 % Student-t interval, and the difference to the ``rl`` row's mean ± its 95 %
-Welch interval; collapse rate (share of runs with ``alarm`` = 1 at some step; 0 when no run logged the
-key) and the earliest step at which a run's alarm fired; the largest control-token spike
+Welch interval; collapse rate (share of runs with a broken step: at least ``BROKEN_SHARE`` of its sampled
+messages ``collapsed`` or ``polluted``, rollout/structure.py; the alarm is the detector, this the outcome it
+should detect) and the earliest broken step of any run; the largest control-token spike
 (``control/call_open/{im_end,tool_call}/max``) and the largest JSON-grammar spike (an argument key where a
 call's ``name`` belongs, a colon after a value: ``GRAMMAR_SPIKE_KEYS``) over all steps and runs, n/a when
 absent; wall time per run (seconds of the sweep's attempts at it, start-up included; building the shared
@@ -27,6 +28,13 @@ SUCCESS_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "
 SPIKE_KEYS = ("control/call_open/im_end/max", "control/call_open/tool_call/max")
 GRAMMAR_SPIKE_KEYS = ("control/call_key/argument_key/max", "control/value_end/colon/max")
 BASELINE = "rl"  # the row every other configuration's difference is taken to
+BROKEN_SHARE = 0.5
+
+
+def first_broken_step(records: list[dict]) -> int | None:
+    """The first step at which at least BROKEN_SHARE of the sampled messages were collapsed or polluted."""
+    return next((r["step"] for r in records
+                 if r.get("structure/collapsed", 0.0) + r.get("structure/polluted", 0.0) >= BROKEN_SHARE), None)
 WALL_FILE = "sweep_wall.json"
 
 
@@ -47,8 +55,8 @@ def run_outcome(run: PlannedRun) -> dict:
     return {
         "configuration": run.configuration, "seed": run.seed, "run_dir": str(run.run_dir),
         **{suite: final.get(key) for suite, key in SUCCESS_KEYS.items()},
-        "collapsed": any(r.get("alarm") == 1.0 for r in records),
-        "first_collapse": next((r["step"] for r in records if r.get("alarm") == 1.0), None),
+        "collapsed": (broken := first_broken_step(records)) is not None, "first_collapse": broken,
+        "first_alarm": next((r["step"] for r in records if r.get("alarm") == 1.0), None),
         "max_spike": largest(SPIKE_KEYS), "max_grammar_spike": largest(GRAMMAR_SPIKE_KEYS),
         "wall_s": sum(json.loads(wall.read_text())["attempts"]) if wall.exists() else None,
     }

@@ -34,7 +34,7 @@ SUITE_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "co
 SUITE_STYLES = {"id": "-", "format_ood": "--", "content_ood": ":"}
 STATE_COLORS = {"healthy_tool_call": "#2ca02c", "healthy_response": "#1f77b4", "polluted": "#ff7f0e",
                 "collapsed": "#d62728"}
-CONTROL_ORDER = {"call_open": ("healthy", "im_end", "tool_call"), "call_close": ("im_end", "text"),
+CONTROL_ORDER = {"message_start": ("tool_call", "im_end"), "call_open": ("healthy", "im_end", "tool_call"), "call_close": ("im_end", "text"),
                  "turn_end": ("im_end",), "call_key": ("name", "argument_key"), "tool_name": ("tool",),
                  "arguments_open": ("object",), "value_end": ("end", "colon")}
 OPTIMIZATION_KEYS = (("entropy", "policy entropy"), ("kl_ref", "KL to the reference"),

@@ -8,6 +8,8 @@ probability the policy gives it and the gradient the policy-gradient loss puts o
 Points (position ``t`` is the token being predicted, scored from the logits at ``t - 1``, as in
 ``learner.losses.sequence_logprobs``):
 
+- ``message_start``: the first token of an assistant message: ``tool_call`` (``<tool_call>``: a hermes call
+  rather than text, or a call in another syntax) and ``im_end`` (an empty message);
 - ``call_open``: right after ``<tool_call>`` + a newline: ``healthy`` (the first token of the call's JSON,
   ``{"`` for the hermes format), ``im_end``, ``tool_call`` (another ``<tool_call>``); only the first of a
   run of ``<tool_call>`` repeats (a message looping ``<tool_call>\n<tool_call>\n…`` is one decision);
@@ -81,7 +83,8 @@ class ControlTokens:
     def points(self) -> dict[str, dict[str, TokenSet]]:
         """Per decision point this tokenizer can show, its reported token sets."""
         end = TokenSet((self.im_end,))
-        points = {}
+        points = {"message_start": {**({"tool_call": TokenSet((self.call_open,))} if self.call_open is not None
+                                       else {}), "im_end": end}}
         if self.healthy is not None:
             points["call_open"] = {"healthy": TokenSet((self.healthy,)), "im_end": end,
                                    "tool_call": TokenSet((self.call_open,))}
@@ -109,7 +112,7 @@ def decision_points(token_ids: Tensor, loss_mask: Tensor, tokens: ControlTokens)
     tokens_before = {steps: _previous(token_ids, steps, -1) for steps in (1, 2, 4)}  # the tokens at t - steps
     generated = loss_mask.bool() & (torch.arange(loss_mask.shape[1], device=loss_mask.device) > 0)  # t - 1 exists
     generated_before = generated & _previous(generated, 1, False)
-    found = {}
+    found = {"message_start": generated & ~_previous(generated, 1, False)}
     if tokens.healthy is not None:
         newline = torch.isin(token_ids, torch.tensor(tokens.newlines, device=token_ids.device))
         call_open = _previous(generated, 2, False) & (tokens_before[2] == tokens.call_open)

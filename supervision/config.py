@@ -172,10 +172,13 @@ class WatchedMetric(BaseModel):
 def _default_watch() -> dict[str, WatchedMetric]:
     # Not control/call_open/tool_call/*: one message that loops "<tool_call>\n<tool_call>\n..." to
     # max_new_tokens puts p ~ 1 at many call_open positions, so that metric is high in healthy steps too.
-    # The thresholds sit between healthy and collapsed runs (measurements: docs/supervision.md, Alarm).
+    # structure/polluted: from the headroom default, RL at lr 1e-3 collapses into calls in another syntax
+    # (python lists in hermes episodes), polluted, not collapsed. The thresholds sit between healthy and
+    # collapsed runs (measurements: docs/supervision.md, Alarm).
     return {
         "control/call_open/im_end/max": WatchedMetric(threshold=0.5, min_jump=0.2),
         "structure/collapsed": WatchedMetric(threshold=0.3, min_jump=0.1),
+        "structure/polluted": WatchedMetric(threshold=0.3, min_jump=0.1),
     }
 
 

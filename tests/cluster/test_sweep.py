@@ -131,8 +131,8 @@ def test_outcome_reads_the_final_eval_alarms_and_spikes(tmp_path):
     run = plan(load_preset("paper-tiny"), tmp_path, quick=True)[0]
     run.run_dir.mkdir(parents=True)
     records = [{"step": 0, "eval/success": 0.9},
-               {"step": 1, "alarm": 0.0, "control/call_open/im_end/max": 0.2},
-               {"step": 2, "alarm": 1.0, "control/call_open/tool_call/max": 0.7, "control/turn_end/im_end/max": 1.0,
+               {"step": 1, "alarm": 0.0, "control/call_open/im_end/max": 0.2, "structure/polluted": 0.1},
+               {"step": 2, "alarm": 1.0, "structure/polluted": 0.3, "structure/collapsed": 0.2, "control/call_open/tool_call/max": 0.7, "control/turn_end/im_end/max": 1.0,
                 "control/call_key/argument_key/max": 0.4, "control/call_key/name/max": 1.0,
                 "eval/success": 0.1, "eval/format_ood/success": 0.05, "eval/content_ood/success": 0.0}]
     (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -140,7 +140,7 @@ def test_outcome_reads_the_final_eval_alarms_and_spikes(tmp_path):
     got = run_outcome(run)
     assert (got["id"], got["format_ood"], got["content_ood"]) == (0.1, 0.05, 0.0)
     assert got["collapsed"] is True and got["max_spike"] == 0.7 and got["wall_s"] == 15.5
-    assert got["first_collapse"] == 2 and got["max_grammar_spike"] == 0.4
+    assert got["first_collapse"] == 2 and got["first_alarm"] == 2 and got["max_grammar_spike"] == 0.4
 
 
 @pytest.mark.slow

@@ -75,7 +75,7 @@ def test_decision_points_are_the_hand_listed_generated_positions(tokenizer, toke
         "call_open": {(0, prompt + 2), (0, prompt + first_close + 4)},
         "call_close": {(0, prompt + first_close + 1), (1, prompt + 1)},
         "turn_end": {(0, prompt + len(reply_0) - 1), (1, prompt + 1)},
-        "call_key": {(0, prompt + 3)}, "tool_name": {(0, prompt + 7)}, "value_end": {(0, prompt + 8)},
+        "message_start": {(0, prompt), (1, prompt)}, "call_key": {(0, prompt + 3)}, "tool_name": {(0, prompt + 7)}, "value_end": {(0, prompt + 8)},
         "arguments_open": {(0, prompt + 14)},
     }
     assert reply_1[:2] == [tokens.call_close, tokens.im_end]
@@ -162,7 +162,7 @@ def test_gradient_decomposition_equals_autograd(tokenizer, tokens, batch):
             assert metrics[f"control_grad/{point}/{name}/total"] == pytest.approx(
                 expected["self"] + expected["other"], abs=1e-9)
             checked += 1
-    assert checked == 12  # 6 control-token sets, 6 JSON-grammar sets
+    assert checked == 14  # 8 control-token sets, 6 JSON-grammar sets
     # at a turn end the sampled token is <|im_end|> itself: all of its gradient is "self"
     assert metrics["control_grad/turn_end/im_end/other"] == 0.0
     assert metrics["control_grad/turn_end/im_end/self"] != 0.0
@@ -180,8 +180,11 @@ def test_step_statistics_pool_every_micro_batch():
         micro_batches.append(control_values(logits, ids, decision_points(ids, mask, tokens), torch.tensor([1.0]),
                                             tokens))
     metrics = control_metrics(micro_batches, tokens)  # float32 logits: p to ~1e-7
-    assert set(metrics) == {f"control/turn_end/im_end/{s}" for s in ("mean", "p99", "max")} | {
-        f"control_grad/turn_end/im_end/{s}" for s in ("total", "self", "other")}
+    # the one generated token is a message's first and a turn end: both points read it
+    assert set(metrics) == {f"control/{point}/im_end/{s}" for point in ("message_start", "turn_end")
+                            for s in ("mean", "p99", "max")} | {
+        f"control_grad/{point}/im_end/{s}" for point in ("message_start", "turn_end") for s in ("total", "self", "other")}
+    assert all(metrics[key] == metrics[key.replace("message_start", "turn_end")] for key in metrics)
     assert metrics["control/turn_end/im_end/mean"] == pytest.approx(0.5, abs=1e-6)
     assert metrics["control/turn_end/im_end/p99"] == pytest.approx(0.99, abs=1e-6)
     assert metrics["control/turn_end/im_end/max"] == pytest.approx(1.0, abs=1e-6)
@@ -211,7 +214,7 @@ def test_rl_update_and_the_probe_report_the_control_tokens_of_the_forward_pass(t
                                                    learner.control_tokens)], learner.control_tokens)
         probed = learner.control_probe(batch)  # a forward pass alone: it must not move the weights
         metrics = learner.rl_update(batch, group_size=3)
-        assert len(expected) == (3 + 2 + 1 + 2 + 1 + 1 + 2) * 6  # the points' token sets, 6 statistics each
+        assert len(expected) == (2 + 3 + 2 + 1 + 2 + 1 + 1 + 2) * 6  # the points' token sets, 6 statistics each
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
             assert probed[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
@@ -226,6 +229,6 @@ def test_rows_shorter_than_the_context_have_no_points(tokens):
     ids = torch.tensor([[tokens.im_end, tokens.call_open, tokens.newlines[0], tokens.healthy]])
     found = decision_points(ids, torch.tensor([[0, 1, 1, 1]]), tokens)
     assert {point: where.tolist() for point, where in found.items()} == {
-        point: [[False] * 3 + [point == "call_open"]] for point in tokens.points()}
+        point: [[False, point == "message_start", False, point == "call_open"]] for point in tokens.points()}
     short = decision_points(ids[:, :3], torch.tensor([[0, 1, 1]]), tokens)  # shorter than the look-back
-    assert not any(where.any() for where in short.values())
+    assert [point for point, where in short.items() if where.any()] == ["message_start"]

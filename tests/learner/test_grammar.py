@@ -20,11 +20,11 @@ TOOL_TURN = '<|im_end|>\n<|im_start|>user\n<tool_response>\n{"result": "ok"}\n</
 # hermes: 0 <tool_call> 1 \n 2 {" 3 name 4 ": 5 ␠ 6 " 7 cd 8 ", 9 ␠ 10 " 11 arguments 12 ": 13 ␠ 14 {" 15 folder
 #   16 ": 17 ␠ 18 " 19 docs 20 "}} 21 \n 22 </tool_call> 23 \n 24 <tool_call> 25 \n 26 {" 27 name ... 31 mv 32 ",
 #   ... 38 {" 39 source ... 43 a 44 . 45 txt 46 ", ... 53 b 54 ", ... 60 [ 61 1 62 , 63 ␠ 64 " 65 x 66 "]}}
-HERMES = {"call_open": [2, 26], "call_close": [23], "call_key": [3, 27], "tool_name": [7, 31],
+HERMES = {"message_start": [0], "call_open": [2, 26], "call_close": [23], "call_key": [3, 27], "tool_name": [7, 31],
           "arguments_open": [14, 38], "value_end": [8, 20, 32, 46, 54]}
 # json: 0 [{" 1 name 2 ": 3 ␠ 4 " 5 cd 6 ", ... 12 {" 13 folder ... 17 docs 18 "}} 19 , 20 ␠ 21 {" 22 name ... 26 mv
 #   27 ", ... 33 {" 34 source ... 38 a 39 . 40 txt 41 ", ... 48 b 49 ", ... 55 [ 56 1 ... 60 x 61 "]}}]
-JSON = {"call_key": [1, 22], "tool_name": [5, 26], "arguments_open": [12, 33], "value_end": [6, 18, 27, 41, 49]}
+JSON = {"message_start": [0], "call_key": [1, 22], "tool_name": [5, 26], "arguments_open": [12, 33], "value_end": [6, 18, 27, 41, 49]}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_points_are_the_hand_labelled_positions_of_hermes_and_json_messages(toke
     expected = {point: [len(prompt) + i for i in HERMES.get(point, [])] + [json_start + i for i in JSON.get(point, [])]
                 for point in found}
     assert {point: where[0].nonzero().flatten().tolist() for point, where in found.items()} == expected
-    assert set(found) == {"call_open", "call_close", "turn_end", *JSON}
+    assert set(found) == {"call_open", "call_close", "turn_end", *JSON}  # every point
 
 
 def test_token_sets_come_from_rendering_calls(tokenizer, tokens):

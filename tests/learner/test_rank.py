@@ -156,7 +156,7 @@ def test_two_ranks_make_the_same_update_as_one(tiny_model_dir, ray_local):
         group.start(control_config.model_copy(update={"world_size": world}), 0)
         controls[world] = {k: v for k, v in group.rl_update(dialogs, group_size=3).items() if k.startswith("control")}
         group.close()
-    assert len(controls[1]) == 72 and set(controls[1]) == set(controls[2])  # 12 token sets, 6 statistics each
+    assert len(controls[1]) == 84 and set(controls[1]) == set(controls[2])  # 14 token sets, 6 statistics each
     for key, value in controls[1].items():
         assert controls[2][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     (metrics_1, weights_1), (metrics_2, weights_2) = results[1], results[2]
