@@ -19,8 +19,9 @@ from cluster.comparison import first_broken_step, run_records
 from supervision.alarm import Alarm
 from supervision.config import AlarmConfig, WatchedMetric
 
-GRAMMAR = {"control/call_key/argument_key/max": WatchedMetric(threshold=0.5, min_jump=0.2),
-           "control/value_end/colon/max": WatchedMetric(threshold=0.5, min_jump=0.2)}
+# step means (the max reads ~1 in healthy steps: one broken call is enough); healthy means stay below 0.03
+GRAMMAR = {"control/call_key/argument_key/mean": WatchedMetric(threshold=0.1, min_jump=0.05),
+           "control/value_end/colon/mean": WatchedMetric(threshold=0.1, min_jump=0.05)}
 WATCH = AlarmConfig().watch
 CANDIDATES = {
     "default": WATCH,

@@ -5,8 +5,8 @@ Per configuration: final eval success of the id, format-OOD and content-OOD suit
 Welch interval; collapse rate (share of runs with a broken step: at least ``BROKEN_SHARE`` of its sampled
 messages ``collapsed`` or ``polluted``, rollout/structure.py; the alarm is the detector, this the outcome it
 should detect) and the earliest broken step of any run; the largest control-token spike
-(``control/call_open/{im_end,tool_call}/max``) and the largest JSON-grammar spike (an argument key where a
-call's ``name`` belongs, a colon after a value: ``GRAMMAR_SPIKE_KEYS``) over all steps and runs, n/a when
+(``control/call_open/{im_end,tool_call}/max``) and the largest JSON-grammar spike (the step mean of p(an
+argument key where a call's ``name`` belongs) or of p(a colon after a value): ``GRAMMAR_SPIKE_KEYS``) over all steps and runs, n/a when
 absent; wall time per run (seconds of the sweep's attempts at it, start-up included; building the shared
 actors counts in the first run on them).
 """
@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # cluster.sweep plans and trains the runs, then calls write_c
 
 SUCCESS_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "content_ood": "eval/content_ood/success"}
 SPIKE_KEYS = ("control/call_open/im_end/max", "control/call_open/tool_call/max")
-GRAMMAR_SPIKE_KEYS = ("control/call_key/argument_key/max", "control/value_end/colon/max")
+# step means: one broken call in a healthy step already puts the max (and at times the p99) near 1
+GRAMMAR_SPIKE_KEYS = ("control/call_key/argument_key/mean", "control/value_end/colon/mean")
 BASELINE = "rl"  # the row every other configuration's difference is taken to
 BROKEN_SHARE = 0.5
 

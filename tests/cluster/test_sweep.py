@@ -133,7 +133,7 @@ def test_outcome_reads_the_final_eval_alarms_and_spikes(tmp_path):
     records = [{"step": 0, "eval/success": 0.9},
                {"step": 1, "alarm": 0.0, "control/call_open/im_end/max": 0.2, "structure/polluted": 0.1},
                {"step": 2, "alarm": 1.0, "structure/polluted": 0.3, "structure/collapsed": 0.2, "control/call_open/tool_call/max": 0.7, "control/turn_end/im_end/max": 1.0,
-                "control/call_key/argument_key/max": 0.4, "control/call_key/name/max": 1.0,
+                "control/call_key/argument_key/mean": 0.4, "control/call_key/argument_key/max": 0.9,
                 "eval/success": 0.1, "eval/format_ood/success": 0.05, "eval/content_ood/success": 0.0}]
     (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run.run_dir / "sweep_wall.json").write_text(json.dumps({"attempts": [10.0, 5.5]}))
