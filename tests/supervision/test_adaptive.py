@@ -20,8 +20,11 @@ def _config(run_dir, *extra: str):
     # The base policy (the first bootstrap stage) has the format (3/4 of its messages are healthy calls, ~2 % collapsed); one
     # GRPO step at lr 1e-2 wrecks it (~90 % collapsed). Two SFT steps alone do not repair that (measured:
     # still ~80 % collapsed at sft_lr 1e-3); the rollback does, and SFT at the policy's final bootstrap lr
-    # keeps what it restored.
+    # keeps what it restored. The alarm watches the collapsed share alone: with structure/polluted (a
+    # default) it fires one step earlier, at 33 % polluted, before any checkpoint to roll back to.
     return load_config(CONFIGS / "adaptive.yaml", [
+        "supervision.alarm.watch.structure/collapsed.threshold=0.3",
+        "supervision.alarm.watch.structure/collapsed.min_jump=0.1",
         f"trainer.model={BASE_POLICY}", f"trainer.run_dir={run_dir}", "trainer.total_steps=8", "trainer.tasks_per_step=2", "trainer.eval_every=0",
         "trainer.save_every=1", "trainer.samples_per_step=0", "rollout.group_size=4", "rollout.max_new_tokens=48",
         f"learner.lr={RL_LR}", "learner.sft_lr=1e-4", "learner.skip_flat_groups=false",  # every RL step updates
