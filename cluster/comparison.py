@@ -32,11 +32,19 @@ BASELINE = "rl"  # the row every other configuration's difference is taken to
 BROKEN_SHARE = 0.5
 
 
+WALL_FILE = "sweep_wall.json"
+
+
+def broken_share(record: dict) -> float | None:
+    """The share of a step's sampled messages that were collapsed or polluted (None: the step sampled none)."""
+    if "structure/collapsed" not in record:
+        return None
+    return record["structure/collapsed"] + record.get("structure/polluted", 0.0)
+
+
 def first_broken_step(records: list[dict]) -> int | None:
     """The first step at which at least BROKEN_SHARE of the sampled messages were collapsed or polluted."""
-    return next((r["step"] for r in records
-                 if r.get("structure/collapsed", 0.0) + r.get("structure/polluted", 0.0) >= BROKEN_SHARE), None)
-WALL_FILE = "sweep_wall.json"
+    return next((r["step"] for r in records if (broken_share(r) or 0.0) >= BROKEN_SHARE), None)
 
 
 def run_records(run_dir: Path) -> list[dict]:

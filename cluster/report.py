@@ -28,6 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from cluster.comparison import broken_share
 from cluster.console import standard_error
 
 SUITE_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "content_ood": "eval/content_ood/success"}
@@ -40,6 +41,13 @@ CONTROL_ORDER = {"message_start": ("tool_call", "im_end"), "call_open": ("health
 OPTIMIZATION_KEYS = (("entropy", "policy entropy"), ("kl_ref", "KL to the reference"),
                      ("approx_kl_old", "KL to the sampling policy"), ("grad_norm", "gradient norm"),
                      ("clip_fraction", "clip fraction"))
+# success beside the collapse probe: the comparison's broken share and the probabilities that moved in the
+# collapses measured so far (docs/paper-results.md); a step mean each, one line per run
+COLLAPSE_PANELS = (("sampled success (train)", "success"),
+                   ("broken: collapsed + polluted messages", "broken"),
+                   ("message start: p(<tool_call>) mean", "control/message_start/tool_call/mean"),
+                   ("call key: p(an argument key) mean", "control/call_key/argument_key/mean"),
+                   ("value end: p(a colon) mean", "control/value_end/colon/mean"))
 CONTROL_KEY = re.compile(r"^control/([^/]+)/([^/]+)/(mean|max)$")
 
 
@@ -84,7 +92,11 @@ def load_run(path: Path, label: str) -> Run:
     if not metrics.is_file():
         raise ValueError(f"{path} is not a run directory (no metrics.jsonl)")
     lines = metrics.read_text(encoding="utf-8").splitlines()
-    return Run(label, path, [json.loads(line) for line in lines if line.strip()])
+    records = [json.loads(line) for line in lines if line.strip()]
+    for record in records:
+        if (share := broken_share(record)) is not None:
+            record["broken"] = share
+    return Run(label, path, records)
 
 
 def run_labels(paths: list[Path]) -> list[str]:
@@ -220,6 +232,20 @@ def control_figure(runs: list[Run]):
     return _run_panels(runs, pairs, draw, "Control-token probabilities (the collapse picture)", statistics)
 
 
+def collapse_figure(runs: list[Run]):
+    """Sampled success and the collapse probe, every run on each panel: the sweep's overlay."""
+    panels = [(title, key) for title, key in COLLAPSE_PANELS if any(key in run.logged() for run in runs)]
+    if len(panels) < 2:
+        return None
+
+    def draw(ax, run: Run, panel, color: str) -> None:
+        title, key = panel
+        ax.plot(*run.gapped(key), color=color, marker="o", markersize=2)
+        ax.set(title=title, xlabel="step", ylim=(-0.03, 1.03))
+
+    return _run_panels(runs, panels, draw, "Success and the collapse probe")
+
+
 def structure_figure(runs: list[Run]):
     """Stacked shares of the structural states of the step's assistant messages, one panel per run."""
     with_states = [run for run in runs if any(key.startswith("structure/") for key in run.logged())]
@@ -255,7 +281,7 @@ def optimization_figure(runs: list[Run]):
     return _run_panels(runs, panels, draw, "Optimisation: entropy, KL, gradient norm")
 
 
-FIGURES = {"reward.png": reward_figure, "control_tokens.png": control_figure, "structure.png": structure_figure,
+FIGURES = {"reward.png": reward_figure, "collapse.png": collapse_figure, "control_tokens.png": control_figure, "structure.png": structure_figure,
            "optimization.png": optimization_figure}
 
 

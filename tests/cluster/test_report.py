@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.report import load_run, reward_figure, run_labels, run_summary, write_report
+from cluster.report import collapse_figure, load_run, reward_figure, run_labels, run_summary, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 STATES = ("healthy_tool_call", "healthy_response", "polluted", "collapsed")
@@ -74,7 +74,7 @@ def test_full_metrics_give_every_figure(tmp_path):
     run = synthetic_run(tmp_path / "run")
     page = write_report([run])
     assert page == run / "report" / "report.html"
-    _check_page(page, {"reward.png", "control_tokens.png", "structure.png", "optimization.png"})
+    _check_page(page, {"reward.png", "collapse.png", "control_tokens.png", "structure.png", "optimization.png"})
     for png in page.parent.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -84,7 +84,7 @@ def test_absent_keys_are_skipped_and_stale_figures_removed(tmp_path):
     (run / "report").mkdir()
     (run / "report" / "control_tokens.png").write_bytes(b"old")  # from an older run with diagnostics
     page = write_report([run])
-    _check_page(page, {"reward.png", "structure.png", "optimization.png"})
+    _check_page(page, {"reward.png", "collapse.png", "structure.png", "optimization.png"})
     # only step-0 eval: just the reward figure
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -99,7 +99,7 @@ def test_several_runs_overlay_into_one_report_via_the_cli(tmp_path):
     result = subprocess.run([sys.executable, "launch.py", "report", str(first), str(second), "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    _check_page(out / "report.html", {"reward.png", "control_tokens.png", "structure.png", "optimization.png"})
+    _check_page(out / "report.html", {"reward.png", "collapse.png", "control_tokens.png", "structure.png", "optimization.png"})
     text = (out / "report.html").read_text()
     assert "rl/seed0" in text and "interleaved/seed0" in text  # the labels tell the runs apart
     rows = [run_summary(load_run(p, label)) for p, label in zip((first, second), run_labels([first, second]))]
@@ -138,6 +138,19 @@ def test_lines_break_at_steps_that_did_not_measure_and_equal_panels_are_drawn_on
     assert _titles(reward_figure([run])) == ["sampled success = reward (train)", "eval success (greedy, ± standard error)"]
     shaped = load_run(synthetic_run(tmp_path / "shaped", steps=12, collapse_at=None), "shaped")
     assert _titles(reward_figure([run, shaped]))[:2] == ["sampled reward (train)", "sampled success (train)"]
+
+
+def test_the_collapse_overlay_puts_every_run_on_success_and_the_probe(tmp_path):
+    broken = load_run(synthetic_run(tmp_path / "rl"), "rl")
+    healthy = load_run(synthetic_run(tmp_path / "interleaved", collapse_at=None), "interleaved")
+    # collapsed + polluted: 0.02 + 0.02 before the collapse at step 18, 0.6 + 0.02 from it; none at SFT steps
+    steps, shares = broken.gapped("broken")
+    assert shares[steps.index(17)] == pytest.approx(0.04) and shares[steps.index(18)] == pytest.approx(0.62)
+    assert math.isnan(shares[steps.index(20)])
+    fig = collapse_figure([broken, healthy])
+    assert _titles(fig) == ["sampled success (train)", "broken: collapsed + polluted messages"]  # no grammar keys logged
+    curves = [[line for line in ax.lines if line.get_marker() == "o"] for ax in fig.axes if ax.get_title()]
+    assert [len(c) for c in curves] == [2, 2]  # both runs on each panel (the alarm's dotted line is no curve)
 
 
 @pytest.mark.parametrize(("runs", "message"), [(["nowhere"], "not a run directory"), (["a", "b"], "--out")])
