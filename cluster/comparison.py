@@ -7,7 +7,8 @@ messages ``collapsed`` or ``polluted``, rollout/structure.py; the alarm is the d
 should detect) and the earliest broken step of any run; the largest control-token spike
 (``control/call_open/{im_end,tool_call}/max``) and the largest JSON-grammar spike (the step mean of p(an
 argument key where a call's ``name`` belongs) or of p(a colon after a value): ``GRAMMAR_SPIKE_KEYS``) over all steps and runs, n/a when
-absent; wall time per run (seconds of the sweep's attempts at it, start-up included; building the shared
+absent; the lowest step mean of p(``<tool_call>``) at a message's start (``CALL_START_KEY``: the
+probability that fell when the headroom default collapsed into calls in python syntax); wall time per run (seconds of the sweep's attempts at it, start-up included; building the shared
 actors counts in the first run on them).
 """
 
@@ -28,6 +29,8 @@ SUCCESS_KEYS = {"id": "eval/success", "format_ood": "eval/format_ood/success", "
 SPIKE_KEYS = ("control/call_open/im_end/max", "control/call_open/tool_call/max")
 # step means: one broken call in a healthy step already puts the max (and at times the p99) near 1
 GRAMMAR_SPIKE_KEYS = ("control/call_key/argument_key/mean", "control/value_end/colon/mean")
+# the structural probability that fell in the headroom default's collapse (messages became python-syntax calls)
+CALL_START_KEY = "control/message_start/tool_call/mean"
 BASELINE = "rl"  # the row every other configuration's difference is taken to
 BROKEN_SHARE = 0.5
 
@@ -37,9 +40,8 @@ WALL_FILE = "sweep_wall.json"
 
 def broken_share(record: dict) -> float | None:
     """The share of a step's sampled messages that were collapsed or polluted (None: the step sampled none)."""
-    if "structure/collapsed" not in record:
-        return None
-    return record["structure/collapsed"] + record.get("structure/polluted", 0.0)
+    shares = [record[key] for key in ("structure/collapsed", "structure/polluted") if key in record]
+    return sum(shares) if shares else None
 
 
 def first_broken_step(records: list[dict]) -> int | None:
@@ -57,8 +59,8 @@ def run_outcome(run: PlannedRun) -> dict:
     """What the comparison needs from one finished run's metrics.jsonl."""
     records = run_records(run.run_dir)
     final = next(r for r in reversed(records) if r["step"] == run.config.trainer.total_steps)
-    def largest(keys: tuple[str, ...]) -> float | None:
-        return max((r[k] for r in records for k in keys if r.get(k) is not None), default=None)
+    def logged(keys: tuple[str, ...]) -> list[float]:
+        return [r[k] for r in records for k in keys if r.get(k) is not None]
 
     wall = run.run_dir / WALL_FILE
     return {
@@ -66,7 +68,9 @@ def run_outcome(run: PlannedRun) -> dict:
         **{suite: final.get(key) for suite, key in SUCCESS_KEYS.items()},
         "collapsed": (broken := first_broken_step(records)) is not None, "first_collapse": broken,
         "first_alarm": next((r["step"] for r in records if r.get("alarm") == 1.0), None),
-        "max_spike": largest(SPIKE_KEYS), "max_grammar_spike": largest(GRAMMAR_SPIKE_KEYS),
+        "max_spike": max(logged(SPIKE_KEYS), default=None),
+        "max_grammar_spike": max(logged(GRAMMAR_SPIKE_KEYS), default=None),
+        "min_call_start": min(logged((CALL_START_KEY,)), default=None),
         "wall_s": sum(json.loads(wall.read_text())["attempts"]) if wall.exists() else None,
     }
 
@@ -120,7 +124,7 @@ def compare(outcomes: list[dict], start: dict[str, float] | None = None) -> list
         rows.append({"configuration": "start (no training)", "runs": 0,
                      **{suite: summary([start.get(key)]) for suite, key in SUCCESS_KEYS.items()},
                      "vs_rl": {}, "collapse_rate": None, "first_collapse": None, "max_spike": None,
-                     "max_grammar_spike": None, "wall_s": None})
+                     "max_grammar_spike": None, "min_call_start": None, "wall_s": None})
     baseline = [o for o in outcomes if o["configuration"] == BASELINE]
     for name in dict.fromkeys(o["configuration"] for o in outcomes):
         members = [o for o in outcomes if o["configuration"] == name]
@@ -133,6 +137,7 @@ def compare(outcomes: list[dict], start: dict[str, float] | None = None) -> list
         row["first_collapse"] = min(_present([o.get("first_collapse") for o in members]), default=None)
         for key in ("max_spike", "max_grammar_spike"):
             row[key] = max(_present([o.get(key) for o in members]), default=None)
+        row["min_call_start"] = min(_present([o.get("min_call_start") for o in members]), default=None)
         row["wall_s"] = summary([o["wall_s"] for o in members])["mean"]
         rows.append(row)
     return rows
@@ -140,7 +145,7 @@ def compare(outcomes: list[dict], start: dict[str, float] | None = None) -> list
 
 COLUMNS = ("configuration", "runs", "ID success %", "Δ ID vs rl", "format-OOD %", "Δ format-OOD", "content-OOD %",
            "Δ content-OOD", "collapse rate", "first collapse step", "max control spike", "max grammar spike",
-           "wall s/run")
+           "min p(<tool_call>) at message start", "wall s/run")
 
 
 def table_cells(row: dict) -> list[str]:
@@ -159,7 +164,8 @@ def table_cells(row: dict) -> list[str]:
         cells += [interval(row[suite]["mean"], row[suite]["ci"]),
                   "" if versus is None else interval(versus["diff"], versus["ci"], signed=True)]
     return [*cells, number(row["collapse_rate"], ".2f"), number(row["first_collapse"], "d"),
-            number(row["max_spike"], ".3g"), number(row["max_grammar_spike"], ".3g"), number(row["wall_s"], ".0f")]
+            number(row["max_spike"], ".3g"), number(row["max_grammar_spike"], ".3g"), number(row["min_call_start"], ".3g"),
+            number(row["wall_s"], ".0f")]
 
 
 def markdown(rows: list[dict], title: str) -> str:

@@ -95,7 +95,7 @@ def test_comparison_numbers(tmp_path):
     def outcome(name, seed, success, alarm, spike, wall, grammar=None):
         return {"configuration": name, "seed": seed, "id": success, "format_ood": success / 2,
                 "content_ood": None, "collapsed": alarm is not None, "first_collapse": alarm, "max_spike": spike,
-                "max_grammar_spike": grammar, "wall_s": wall}
+                "max_grammar_spike": grammar, "min_call_start": 0.7 - seed / 10, "wall_s": wall}
 
     outcomes = [outcome("rl", 0, 0.2, 3, 0.9, 100.0, 0.5), outcome("rl", 1, 0.3, None, 0.1, 110.0),
                 outcome("rl", 2, 0.4, None, None, 120.0), outcome("mixed", 0, 0.25, None, None, 90.0),
@@ -118,9 +118,9 @@ def test_comparison_numbers(tmp_path):
     assert t_quantile(3) < t_quantile(df) < t_quantile(2.9)
     assert sup["first_collapse"] == 2 and sup["collapse_rate"] == pytest.approx(2 / 3)
     assert table_cells(rl) == ["rl", "3", "30.0 ± 24.8", "", "15.0 ± 12.4", "", "n/a", "", "0.33", "3", "0.9", "0.5",
-                               "110"]
+                               "0.5", "110"]
     assert table_cells(mixed) == ["mixed", "1", "25.0", "-5.0", "12.5", "-2.5", "n/a", "n/a", "0.00", "n/a", "n/a",
-                                  "n/a", "90"]
+                                  "n/a", "0.7", "90"]
     assert table_cells(sup)[2:4] == ["55.0 ± 12.4", f"+25.0 ± {100 * sup['vs_rl']['id']['ci']:.1f}"]
     assert table_cells(start)[2:4] == ["21.5", ""]
     lines = markdown(rows, "t").splitlines()
@@ -131,9 +131,11 @@ def test_outcome_reads_the_final_eval_alarms_and_spikes(tmp_path):
     run = plan(load_preset("paper-tiny"), tmp_path, quick=True)[0]
     run.run_dir.mkdir(parents=True)
     records = [{"step": 0, "eval/success": 0.9},
-               {"step": 1, "alarm": 0.0, "control/call_open/im_end/max": 0.2, "structure/polluted": 0.1},
+               {"step": 1, "alarm": 0.0, "control/call_open/im_end/max": 0.2, "structure/polluted": 0.1,
+                "control/message_start/tool_call/mean": 0.6},
                {"step": 2, "alarm": 1.0, "structure/polluted": 0.3, "structure/collapsed": 0.2, "control/call_open/tool_call/max": 0.7, "control/turn_end/im_end/max": 1.0,
                 "control/call_key/argument_key/mean": 0.4, "control/call_key/argument_key/max": 0.9,
+                "control/message_start/tool_call/mean": 0.01,
                 "eval/success": 0.1, "eval/format_ood/success": 0.05, "eval/content_ood/success": 0.0}]
     (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run.run_dir / "sweep_wall.json").write_text(json.dumps({"attempts": [10.0, 5.5]}))
@@ -141,6 +143,7 @@ def test_outcome_reads_the_final_eval_alarms_and_spikes(tmp_path):
     assert (got["id"], got["format_ood"], got["content_ood"]) == (0.1, 0.05, 0.0)
     assert got["collapsed"] is True and got["max_spike"] == 0.7 and got["wall_s"] == 15.5
     assert got["first_collapse"] == 2 and got["first_alarm"] == 2 and got["max_grammar_spike"] == 0.4
+    assert got["min_call_start"] == 0.01
 
 
 @pytest.mark.slow
