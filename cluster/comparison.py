@@ -145,7 +145,7 @@ def compare(outcomes: list[dict], start: dict[str, float] | None = None) -> list
 
 COLUMNS = ("configuration", "runs", "ID success %", "Δ ID vs rl", "format-OOD %", "Δ format-OOD", "content-OOD %",
            "Δ content-OOD", "collapse rate", "first collapse step", "max control spike", "max grammar spike",
-           "min p(<tool_call>) at message start", "wall s/run")
+           "min p(`<tool_call>`) at message start", "wall s/run")
 
 
 def table_cells(row: dict) -> list[str]:
