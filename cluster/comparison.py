@@ -6,9 +6,10 @@ Welch interval; collapse rate (share of runs with a broken step: at least ``BROK
 messages ``collapsed`` or ``polluted``, rollout/structure.py; the alarm is the detector, this the outcome it
 should detect) and the earliest broken step of any run; the largest control-token spike
 (``control/call_open/{im_end,tool_call}/max``) and the largest JSON-grammar spike (the step mean of p(an
-argument key where a call's ``name`` belongs) or of p(a colon after a value): ``GRAMMAR_SPIKE_KEYS``) over all steps and runs, n/a when
-absent; the lowest step mean of p(``<tool_call>``) at a message's start (``CALL_START_KEY``: the
-probability that fell when the headroom default collapsed into calls in python syntax); wall time per run (seconds of the sweep's attempts at it, start-up included; building the shared
+argument key where a call's ``name`` belongs) or of p(a colon after a value): ``GRAMMAR_SPIKE_KEYS``) over
+all steps and runs, n/a when absent; the lowest step mean of p(``<tool_call>``) at a message's start
+(``CALL_START_KEY``: the probability that fell when the headroom default collapsed into calls in python
+syntax); wall time per run (seconds of the sweep's attempts at it, start-up included; building the shared
 actors counts in the first run on them).
 """
 
@@ -33,8 +34,6 @@ GRAMMAR_SPIKE_KEYS = ("control/call_key/argument_key/mean", "control/value_end/c
 CALL_START_KEY = "control/message_start/tool_call/mean"
 BASELINE = "rl"  # the row every other configuration's difference is taken to
 BROKEN_SHARE = 0.5
-
-
 WALL_FILE = "sweep_wall.json"
 
 

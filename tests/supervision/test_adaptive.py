@@ -20,8 +20,9 @@ def _config(run_dir, *extra: str):
     # The base policy (the first bootstrap stage) has the format (3/4 of its messages are healthy calls, ~2 % collapsed); one
     # GRPO step at lr 1e-2 wrecks it (~90 % collapsed). Two SFT steps alone do not repair that (measured:
     # still ~80 % collapsed at sft_lr 1e-3); the rollback does, and SFT at the policy's final bootstrap lr
-    # keeps what it restored. The alarm watches the collapsed share alone: with structure/polluted (a
-    # default) it fires one step earlier, at 33 % polluted, before any checkpoint to roll back to.
+    # keeps what it restored. The alarm watches the collapsed share alone (an override of one watch entry
+    # replaces the default watch list): with structure/polluted (a default) it fires one step earlier, at
+    # 33 % polluted, before any checkpoint to roll back to.
     return load_config(CONFIGS / "adaptive.yaml", [
         "supervision.alarm.watch.structure/collapsed.threshold=0.3",
         "supervision.alarm.watch.structure/collapsed.min_jump=0.1",
