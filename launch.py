@@ -112,7 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cluster.headroom import sample_rows, summaries, tables
     from cluster.local import init_ray
     from learner.models import resolve_model
-    from rollout.worker import RolloutPool
+    from rollout.pool import RolloutPool
     model = resolve_model(args.model)
     init_ray(args.address)
     with console.status(f"starting {config.rollout.workers} rollout worker(s) on {model}"):

@@ -24,7 +24,8 @@ from learner.bootstrap import build_default_model
 from learner.models import load_policy
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
-from rollout.worker import EpisodeRequest, RolloutPool, RolloutWorker, TokenEpisode, group_requests
+from rollout.pool import RolloutPool
+from rollout.worker import EpisodeRequest, RolloutWorker, TokenEpisode, group_requests
 
 
 def requests_for(tasks, group: int) -> list[EpisodeRequest]:

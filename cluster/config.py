@@ -57,6 +57,9 @@ class TrainerConfig(BaseModel):
     save_every: int = Field(8, ge=0, description="Checkpoint every N steps and after the last step (0: only "
                             "after the last).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest deleted first).")
+    max_failures: int = Field(2, ge=0, description="Learner rank deaths a run survives: new ranks load the latest "
+                              "checkpoint (or the model files) and the steps since are replayed, with the metrics "
+                              "of an undisturbed run. One more stops the run with the command that resumes it.")
     samples_per_step: int = Field(2, ge=0, description="Trajectories per step written as text to samples/.")
     seed: int = Field(0, description="Seed of task order and rollout sampling.")
 

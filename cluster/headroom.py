@@ -15,7 +15,7 @@ from rich.text import Text
 
 from rollout.evaluate import Suite
 from rollout.passk import SAMPLE_SEED, headroom_rows, headroom_summary
-from rollout.worker import RolloutPool
+from rollout.pool import RolloutPool
 
 CAPTION = ("sampled: mean success of the K samples at temperature T; pass@k: chance that at least one of k "
            "samples succeeds (Chen et al. 2021's unbiased estimator from the K samples). pass@k far above "

@@ -85,7 +85,7 @@ def _ready_group(bundles: list[dict[str, float]]):
 def start_actors(config: ToolRLConfig, model: str):
     """The run's RolloutPool and LearnerGroup in their placement group (``Placement``)."""
     from learner.group import LearnerGroup
-    from rollout.worker import RolloutPool
+    from rollout.pool import RolloutPool
 
     placement = Placement(config)
     try:

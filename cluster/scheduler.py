@@ -12,18 +12,19 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from cluster.checkpoints import checkpoint_before, checkpoint_to_resume, save_checkpoint
+from cluster.checkpoints import checkpoint_before, checkpoint_to_resume, latest_checkpoint, save_checkpoint
 from cluster.config import ToolRLConfig, dump_config
 from cluster.metrics import step_metrics, time_metrics
 from cluster.placement import start_actors
 from cluster.sampling import Draws, TaskSampler, draw_informative
 from learner.batch import SequenceBatch, rl_batch
-from learner.group import LearnerGroup
+from learner.group import LearnerGroup, LearnerLost
 from learner.models import resolve_model
 from rollout.chat import load_tokenizer
 from rollout.envs import load_tasks
 from rollout.evaluate import Suite, build_suite, evaluate_suites
-from rollout.worker import RolloutPool, Trajectory, group_requests
+from rollout.pool import RolloutPool
+from rollout.worker import Trajectory, group_requests
 from supervision.alarm import AdaptiveState, Alarm, alarm_metrics
 from supervision.config import StepKind, step_kind
 from supervision.supervisor import Supervisor
@@ -57,7 +58,7 @@ class Scheduler:
         self.run_dir = config.run_path()
         checkpoint = checkpoint_to_resume(config)
         self.model_path = resolve_model(trainer.model)
-        self.sampler = TaskSampler(load_tasks(config.env.name, config.env.train_split, seed=config.env.seed), trainer.seed)
+        self.tasks = load_tasks(config.env.name, config.env.train_split, seed=config.env.seed)
         self.eval_suites = eval_suites(config)
         self.placement = None
         if pool is None:
@@ -66,12 +67,22 @@ class Scheduler:
             self.pool, self.learners = pool, learners
             pool.start(config.rollout, config.env.reward)
             learners.start(config.learner, trainer.seed)
-        self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.sampler.tasks, self.run_dir)
+        self.failures = 0  # learner deaths survived
+        self.started = time.time()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._start_state(checkpoint)
+        if checkpoint is None and pool is not None:  # the engines hold another run's weights
+            self.learners.push_weights(self.pool)
+        (self.run_dir / "config.yaml").write_text(dump_config(config))
+
+    def _start_state(self, checkpoint: Path | None) -> None:
+        """The loop's state at the start of a run, or at ``checkpoint`` (whose weights the engines get)."""
+        config = self.config
+        self.sampler = TaskSampler(self.tasks, config.trainer.seed)
+        self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.tasks, self.run_dir)
         self.alarm = Alarm(config.supervision.alarm)
         self.adaptive = AdaptiveState()  # mode adaptive: SFT steps owed after an alarm, RL lr factor
         self.step = 0
-        self.started = time.time()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint is not None:
             state = self.learners.load(str(checkpoint))
             self.step = state["step"]
@@ -80,16 +91,36 @@ class Scheduler:
             if "alarm" in state:  # checkpoints written before the alarm existed start it afresh
                 self.alarm.restore(state["alarm"])
                 self.adaptive.restore(state["adaptive"])
-            self._truncate_metrics()
-        if checkpoint is not None or pool is not None:  # the engines hold the model files' weights or another run's
             self.learners.push_weights(self.pool)
-        (self.run_dir / "config.yaml").write_text(dump_config(config))
+        self._truncate_metrics()
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
+        """The next step's metrics; after a learner death, those of the first step replayed."""
+        while True:
+            try:
+                return self._train_step()
+            except LearnerLost as lost:
+                self._replace_learners(lost)
+
+    def _replace_learners(self, lost: LearnerLost) -> None:
+        """New learner ranks at the latest checkpoint (or the start): the steps since run again, exactly."""
+        trainer = self.config.trainer
+        self.failures += 1
+        latest = latest_checkpoint(self.run_dir / "checkpoints")
+        if self.failures > trainer.max_failures:
+            raise RuntimeError(f"{lost} ({self.failures} learner deaths, trainer.max_failures is {trainer.max_failures}); "
+                               f"the run stops at {latest or 'its start'}: resume it with --set trainer.resume=true") from lost
+        self.writer.close()
+        self.learners.restart(self.config.learner, trainer.seed)
+        self._start_state(latest)
+        if latest is None:  # the engines hold weights of steps that run again
+            self.learners.push_weights(self.pool)
+
+    def _train_step(self) -> dict[str, float]:
         trainer = self.config.trainer
         self.step += 1
         kind = step_kind(self.config.supervision, self.step, self.adaptive.sft_steps_left)
@@ -233,9 +264,11 @@ class Scheduler:
         self.writer.flush()
 
     def _truncate_metrics(self) -> None:
-        """Drop lines logged after the checkpoint we resume from: those steps are about to run again."""
+        """Drop lines logged after the step we start from (a checkpoint's): those steps are about to run again."""
         path = self.run_dir / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines()
         path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= self.step))
 
     def _write_samples(self, trajectories: list[Trajectory]) -> None:

@@ -347,18 +347,18 @@ class Learner:
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return merged_weights(self.model, full) if self.rank == 0 else {}
 
-    def push_weights(self, workers: list, dtype: str) -> None:
-        """The full weights, gathered on rank 0, straight to the RolloutWorker actors ``workers`` in the
-        engines' ``dtype`` (half the bytes of fp32 for bf16 engines): one object-store copy for all of them."""
+    def rollout_weights(self, dtype: str) -> list | None:
+        """The full weights, gathered on rank 0, in the engines' ``dtype`` (half the bytes of fp32 for bf16
+        engines) as one object-store copy for every engine: ``[ref]`` on rank 0 (a list, so the caller
+        borrows the ref rather than the tensors), None on the others."""
         import ray
 
         state = self.state_dict_for_rollout()
-        if self.rank == 0:
-            target = getattr(torch, dtype)
-            shared = ray.put({name: tensor.to(target) if tensor.is_floating_point() else tensor
-                              for name, tensor in state.items()})
-            ray.get([worker.update_weights.remote(shared) for worker in workers])
-        dist.barrier()
+        if self.rank != 0:
+            return None
+        target = getattr(torch, dtype)
+        return [ray.put({name: tensor.to(target) if tensor.is_floating_point() else tensor
+                         for name, tensor in state.items()})]
 
     def save(self, directory: str, run_state: dict) -> None:
         """HF model (LoRA: merged, and the adapter) + tokenizer + optimizer/step/RNG + run state, atomically."""

@@ -20,7 +20,8 @@ from itertools import zip_longest
 
 from rollout.config import EnvConfig
 from rollout.envs import Task, load_tasks
-from rollout.worker import RolloutPool, Trajectory, group_requests
+from rollout.pool import RolloutPool
+from rollout.worker import Trajectory, group_requests
 
 SUITES = ("id", "format_ood", "content_ood")
 OOD_FORMAT = {"hermes": "python", "python": "hermes", "json": "python"}  # trained syntax → tested one

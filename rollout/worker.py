@@ -7,12 +7,8 @@ tokenised, as the chat template's delta after an ``<|im_end|>``; generated text 
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rollout.chat import IM_END, load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
@@ -213,26 +209,50 @@ class TokenEpisode:
         )
 
 
+class StaleWorker(RuntimeError):
+    """A call meant for a worker holding the pool's settings and weights reached one that Ray restarted since."""
+
+
 class RolloutWorker:
     """Holds one engine; ``run`` plays a batch of episodes with continuous batching across them.
 
-    Used directly in-process, or as a Ray actor (``ray.remote(RolloutWorker)``) — the same class.
+    Used directly in-process, or as a Ray actor (``ray.remote(RolloutWorker)``) — the same class. As an actor
+    its calls carry the pool's ``version`` (how many settings and weights the pool has sent): a worker that
+    Ray restarted is back at 0, its constructor's, and refuses calls that assume more (``StaleWorker``).
     """
 
     def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0):
         from rollout.engine import Engine
 
         self.start(config, reward)
+        self.version = 0
         self.tokenizer = load_tokenizer(model_path)
         self.engine = Engine(model_path, dtype=config.dtype, max_model_len=config.max_total_tokens, seed=seed,
                              kv_cache_gib=config.kv_cache_gib, gpu_memory_utilization=config.gpu_memory_utilization,
                              sleep_mode=config.sleep_during_update)
 
-    def start(self, config: RolloutConfig, reward: RewardConfig) -> None:
+    def start(self, config: RolloutConfig, reward: RewardConfig, version: int | None = None) -> None:
         """The run's sampling, dialog and scoring settings; the engine keeps those ``ENGINE_FIELDS`` name."""
+        self._advance(version)
         self.config, self.reward = config, reward
 
-    def run(self, requests: list[EpisodeRequest], temperature: float | None = None) -> list[Trajectory]:
+    def restore(self, config: RolloutConfig, reward: RewardConfig, weights, version: int) -> None:
+        """A restarted worker brought to the pool's state: settings, weights (None: the model files') and version."""
+        self.start(config, reward)
+        if weights is not None:
+            self.update_weights(weights)
+        self.version = version
+
+    def _advance(self, version: int | None) -> None:
+        if version is not None:
+            if version != self.version + 1:
+                raise StaleWorker(f"pool at version {version - 1}, worker at {self.version}")
+            self.version = version
+
+    def run(self, requests: list[EpisodeRequest], temperature: float | None = None,
+            version: int | None = None) -> list[Trajectory]:
+        if version is not None and version != self.version:
+            raise StaleWorker(f"pool at version {version}, worker at {self.version}")
         live = [TokenEpisode(r, self.tokenizer, self.config, self.reward) for r in requests]
         end_id = live[0].end_id if live else None
         rounds: list[int] = [0] * len(live)
@@ -258,7 +278,8 @@ class RolloutWorker:
             trajectory.timings.update(batch_s=elapsed, batch_generated_tokens=float(generated))
         return trajectories
 
-    def update_weights(self, state_dict) -> None:
+    def update_weights(self, state_dict, version: int | None = None) -> None:
+        self._advance(version)
         self.engine.update_weights(state_dict)
 
     def gpu_ids(self) -> list:
@@ -285,74 +306,3 @@ def group_requests(tasks: list[Task], group_size: int, seed: int, tag: str = "",
          for k in range(group_size)]
         for index, task in enumerate(tasks)
     ]
-
-
-def model_context_length(model_path: str) -> int:
-    config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    return int(config.get("max_position_embeddings", 1 << 30))
-
-
-class RolloutPool:
-    """Several RolloutWorker actors sharing each batch; their number is independent of the learner."""
-
-    def __init__(self, model_path: str, config: RolloutConfig, reward: RewardConfig, seed: int = 0,
-                 actor_options: Callable[[int], dict] | None = None):
-        """``actor_options(index)``: Ray options of worker ``index`` (its placement group bundle)."""
-        import ray
-
-        limit = model_context_length(model_path)
-        if config.max_total_tokens > limit:
-            raise ValueError(
-                f"rollout.max_total_tokens={config.max_total_tokens} exceeds the model's context of {limit} tokens"
-            )
-        actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus)(RolloutWorker)
-        self.dtype = config.dtype  # of the engines' weights, which a weight sync sends
-        options = actor_options or (lambda index: {})
-        self.workers = [actor.options(**options(index)).remote(str(model_path), config, reward, seed + index)
-                        for index in range(config.workers)]
-        ray.get([w.ready.remote() for w in self.workers])
-
-    def generate(self, tasks: list[Task], group_size: int, seed: int, temperature: float | None = None,
-                 tag: str = "", fmt: str | None = None) -> list[Trajectory]:
-        """G episodes per task (in syntax ``fmt``; None: rollout.format)."""
-        return self.run_groups(group_requests(tasks, group_size, seed, tag, fmt), temperature)
-
-    def run_groups(self, groups: list[list[EpisodeRequest]], temperature: float | None = None) -> list[Trajectory]:
-        """Play groups of requests; whole groups go to one worker (their prompts share a cached prefix)."""
-        import ray
-
-        shares: list[list[EpisodeRequest]] = [[] for _ in self.workers]
-        for index, group in enumerate(groups):
-            shares[index % len(self.workers)].extend(group)
-        futures = [w.run.remote(share, temperature) for w, share in zip(self.workers, shares) if share]
-        return [t for batch in ray.get(futures) for t in batch]
-
-    def start(self, config: RolloutConfig, reward: RewardConfig) -> None:
-        """Another run on the same engines (``launch.py sweep``): its rollout settings outside ``ENGINE_FIELDS``."""
-        import ray
-
-        ray.get([w.start.remote(config, reward) for w in self.workers])
-
-    @contextmanager
-    def asleep(self):
-        """The engines asleep for the block (rollout.sleep_during_update, on GPU; a no-op otherwise)."""
-        import ray
-
-        ray.get([w.sleep.remote() for w in self.workers])
-        try:
-            yield
-        finally:
-            ray.get([w.wake_up.remote() for w in self.workers])
-
-    def gpu_ids(self) -> list[list]:
-        """Each worker's ``ray.get_gpu_ids()``."""
-        import ray
-
-        return ray.get([w.gpu_ids.remote() for w in self.workers])
-
-    def close(self) -> None:
-        """End the workers' processes (their engines with them)."""
-        import ray
-
-        for worker in self.workers:
-            ray.kill(worker)

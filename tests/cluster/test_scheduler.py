@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -84,7 +86,9 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
 
 
 @pytest.mark.slow
-def test_resumed_run_repeats_the_uninterrupted_run(scheduler_on, tiny_model_dir, tmp_path):
+def test_resumed_and_learner_killed_runs_repeat_the_uninterrupted_run(scheduler_on, tiny_model_dir, tmp_path):
+    import ray
+
     from cluster.checkpoints import RunDirectoryError
 
     def run(run_dir, steps: int, *extra: str) -> None:
@@ -104,8 +108,20 @@ def test_resumed_run_repeats_the_uninterrupted_run(scheduler_on, tiny_model_dir,
         run(tmp_path / "resumed", 1, *interleaved)
     run(tmp_path / "resumed", 1, "trainer.resume=true", *interleaved)
 
+    # a learner rank killed (SIGKILL) after step 1, before any checkpoint (save_every=2): new ranks start from
+    # the model files and steps 1 and 2 run again
+    scheduler = scheduler_on(_config(tiny_model_dir, tmp_path / "killed", "trainer.eval_every=0", "trainer.save_every=2",
+                                     *interleaved))
+    scheduler.train_step()
+    old_ranks = scheduler.learners.ranks
+    os.kill(ray.get(old_ranks[0].__ray_call__.remote(lambda rank: os.getpid())), signal.SIGKILL)
+    assert scheduler.train_step()["step"] == 1  # the replayed step 1
+    assert [scheduler.train_step()["step"] for _ in range(2)] == [2, 3]
+    scheduler.close()
+    assert scheduler.failures == 1 and scheduler.learners.ranks != old_ranks
+
     straight = _comparable(tmp_path / "straight")
-    assert straight == _comparable(tmp_path / "resumed")
+    assert straight == _comparable(tmp_path / "resumed") == _comparable(tmp_path / "killed")
     assert [r["update/sft"] for r in straight] == [0.0, 0.0, 1.0] and straight[2]["supervision/sft_samples/erroneous"] == 4
 
 
