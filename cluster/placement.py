@@ -9,6 +9,7 @@ engine i and learner rank i share bundle i, one whole GPU (OpenRLHF's and verl's
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from cluster.config import ToolRLConfig
@@ -27,13 +28,16 @@ class Placement:
         self.rollout_bundles = self.learner_bundles = None
         if rollout.worker_gpus == 0 and learner.gpus_per_rank == 0:
             return
+        # custom resources (rollout.resources, learner.resources) go into the bundles: an actor in a bundle
+        # draws on the bundle's share, not on the node's
         if config.cluster.placement == "colocate":  # the config validator made workers == world_size
-            bundles = [{"CPU": rollout.worker_cpus + learner.cpus_per_rank, "GPU": 1.0}
-                       for _ in range(rollout.workers)]
+            bundles = [{"CPU": rollout.worker_cpus + learner.cpus_per_rank, "GPU": 1.0,
+                        **(Counter(rollout.resources) + Counter(learner.resources))} for _ in range(rollout.workers)]
             self.rollout_bundles = self.learner_bundles = list(range(rollout.workers))
         else:
-            bundles = ([{"CPU": rollout.worker_cpus, "GPU": rollout.worker_gpus}] * rollout.workers
-                       + [{"CPU": learner.cpus_per_rank, "GPU": learner.gpus_per_rank}] * learner.world_size)
+            bundles = ([{"CPU": rollout.worker_cpus, "GPU": rollout.worker_gpus, **rollout.resources}] * rollout.workers
+                       + [{"CPU": learner.cpus_per_rank, "GPU": learner.gpus_per_rank, **learner.resources}]
+                       * learner.world_size)
             self.rollout_bundles = list(range(rollout.workers))
             self.learner_bundles = list(range(rollout.workers, rollout.workers + learner.world_size))
         self.group = _ready_group([{k: v for k, v in b.items() if v} for b in bundles])
@@ -68,7 +72,7 @@ def _ready_group(bundles: list[dict[str, float]]):
     from ray.util import placement_group, remove_placement_group
 
     total = ray.cluster_resources()
-    for resource in ("CPU", "GPU"):
+    for resource in sorted({name for bundle in bundles for name in bundle}):
         needed = sum(b.get(resource, 0.0) for b in bundles)
         if needed > total.get(resource, 0.0) + 1e-9:
             raise PlacementError(f"the run needs {needed:g} {resource} in its placement group "

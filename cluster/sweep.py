@@ -166,7 +166,7 @@ def actor_key(config: ToolRLConfig) -> str:
     ``Learner.start`` (process group, resources, threads)."""
     learner = config.learner
     return json.dumps([config.trainer.model, config.trainer.seed, config.rollout.model_dump(include=ENGINE_FIELDS),
-                       learner.world_size, learner.cpus_per_rank, learner.gpus_per_rank, learner.threads,
+                       learner.world_size, learner.cpus_per_rank, learner.gpus_per_rank, learner.resources, learner.threads,
                        config.cluster.placement], sort_keys=True)
 
 

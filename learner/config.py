@@ -51,6 +51,9 @@ class LearnerConfig(BaseModel):
         "while the learner updates, so it may use them).",
     )
     gpus_per_rank: float = Field(0.0, ge=0, description="GPUs per Learner rank (1 on GPU clusters, 0 on CPU).")
+    resources: dict[str, float] = Field(
+        {}, description="Custom Ray resources per Learner rank, e.g. {learner_node: 1}: ranks go only to nodes started "
+        "with them (ray start --resources), to keep the learner on GPU nodes (docs/cluster.md).")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate of RL updates (AdamW).")
     lora: LoraConfig | None = Field(
         None, description="Train LoRA adapters instead of every weight (None: full fine-tuning). Rollouts and "

@@ -29,7 +29,7 @@ class LearnerGroup:
     def _start_ranks(self, config: LearnerConfig, seed: int) -> list:
         import ray
 
-        actor = ray.remote(num_cpus=config.cpus_per_rank, num_gpus=config.gpus_per_rank)(Learner)
+        actor = ray.remote(num_cpus=config.cpus_per_rank, num_gpus=config.gpus_per_rank, resources=config.resources)(Learner)
         ranks = [actor.options(**self.actor_options(rank)).remote(self.model_path, config, rank, config.world_size, seed)
                  for rank in range(config.world_size)]
         address, port = ray.get(ranks[0].endpoint.remote())

@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # The rollout settings a RolloutPool's workers and engines are started with; the others may change between
 # runs on the same pool (RolloutPool.start).
-ENGINE_FIELDS = frozenset({"workers", "worker_cpus", "worker_gpus", "max_restarts", "dtype", "max_total_tokens",
-                           "kv_cache_gib", "gpu_memory_utilization", "sleep_during_update"})
+ENGINE_FIELDS = frozenset({"workers", "worker_cpus", "worker_gpus", "resources", "max_restarts", "dtype",
+                           "max_total_tokens", "kv_cache_gib", "gpu_memory_utilization", "sleep_during_update"})
 
 
 class RewardConfig(BaseModel):
@@ -66,6 +66,9 @@ class RolloutConfig(BaseModel):
     worker_gpus: float = Field(
         0.0, ge=0, description="Ray GPUs per RolloutWorker (0 on CPU; 0.5 shares a GPU with a learner rank)."
     )
+    resources: dict[str, float] = Field(
+        {}, description="Custom Ray resources per RolloutWorker, e.g. {rollout_node: 1}: workers go only to nodes "
+        "started with them (ray start --resources), to keep rollouts off the learner's nodes (docs/cluster.md).")
     max_restarts: int = Field(
         3, ge=0, description="Times Ray restarts a RolloutWorker whose process died (a preempted node, an OOM). The "
         "pool loads the current weights into the new engine and replays the lost episodes with their own seeds, so "

@@ -59,7 +59,7 @@ class RolloutPool:
             raise ValueError(
                 f"rollout.max_total_tokens={config.max_total_tokens} exceeds the model's context of {limit} tokens"
             )
-        actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus,
+        actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus, resources=config.resources,
                            max_restarts=config.max_restarts)(RolloutWorker)
         self.dtype = config.dtype  # of the engines' weights, which a weight sync sends
         self.max_restarts = config.max_restarts
