@@ -23,7 +23,7 @@ from learner.models import resolve_model
 from rollout.chat import load_tokenizer
 from rollout.envs import load_tasks
 from rollout.evaluate import Suite, build_suite, evaluate_suites
-from rollout.pool import RolloutPool
+from rollout.pool import RolloutPool, WeightsLost
 from rollout.worker import Trajectory, group_requests
 from supervision.alarm import AdaptiveState, Alarm, alarm_metrics
 from supervision.config import StepKind, step_kind
@@ -103,10 +103,10 @@ class Scheduler:
         while True:
             try:
                 return self._train_step()
-            except LearnerLost as lost:
+            except (LearnerLost, WeightsLost) as lost:  # WeightsLost: rank 0 died holding the engines' weights
                 self._replace_learners(lost)
 
-    def _replace_learners(self, lost: LearnerLost) -> None:
+    def _replace_learners(self, lost: Exception) -> None:
         """New learner ranks at the latest checkpoint (or the start): the steps since run again, exactly."""
         trainer = self.config.trainer
         self.failures += 1

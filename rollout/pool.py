@@ -42,6 +42,10 @@ class RolloutWorkerLost(RuntimeError):
     """A RolloutWorker died more often than rollout.max_restarts allows; the message says how to resume."""
 
 
+class WeightsLost(RuntimeError):
+    """A restarted worker cannot get the current weights: their only copy went with its owner's process."""
+
+
 class RolloutPool:
     """Several RolloutWorker actors sharing each batch; their number is independent of the learner.
 
@@ -67,6 +71,7 @@ class RolloutPool:
         self.weights = None  # the object-store ref of the engines' current weights; None: the model files
         self.version = 0  # settings and weights sent to the workers so far (RolloutWorker's calls check it)
         self.restarts = [0] * config.workers
+        self.unrestored: set[int] = set()  # restarted workers still waiting for the pool's state
         options = actor_options or (lambda index: {})
         self.workers = [actor.options(**options(index)).remote(str(model_path), config, reward, seed + index)
                         for index in range(config.workers)]
@@ -122,13 +127,19 @@ class RolloutPool:
         """Wait for Ray's restart of worker ``index`` and give it the run's settings and current weights."""
         import ray
 
-        self.restarts[index] += 1
+        if index not in self.unrestored:  # else: its restore failed for want of weights, it did not die again
+            self.restarts[index] += 1
+            self.unrestored.add(index)
         worker, cause = self.workers[index], error
         if self.restarts[index] <= self.max_restarts:
             try:
                 _await_restart(worker)
                 ray.get(worker.restore.remote(*self.settings, self.weights, self.version))
+                self.unrestored.discard(index)
                 return
+            except ray.exceptions.ObjectLostError as lost:
+                raise WeightsLost("the engines' current weights were lost with the process that held them "
+                                  "(learner rank 0)") from lost
             except (ray.exceptions.RayActorError, TimeoutError) as lost:
                 cause = lost
         raise RolloutWorkerLost(

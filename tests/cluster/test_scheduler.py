@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
+import random
 import shutil
-import signal
 
 import pytest
 import torch
 
 from cluster.config import load_config
 from learner.models import BASE_POLICY
+from tests.chaos import kill, kill_after
 
 
 def _config(model: str, run_dir, *extra: str):
@@ -86,9 +86,7 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
 
 
 @pytest.mark.slow
-def test_resumed_and_learner_killed_runs_repeat_the_uninterrupted_run(scheduler_on, tiny_model_dir, tmp_path):
-    import ray
-
+def test_resumed_and_chaos_runs_repeat_the_uninterrupted_run(scheduler_on, tiny_model_dir, tmp_path):
     from cluster.checkpoints import RunDirectoryError
 
     def run(run_dir, steps: int, *extra: str) -> None:
@@ -108,17 +106,27 @@ def test_resumed_and_learner_killed_runs_repeat_the_uninterrupted_run(scheduler_
         run(tmp_path / "resumed", 1, *interleaved)
     run(tmp_path / "resumed", 1, "trainer.resume=true", *interleaved)
 
-    # a learner rank killed (SIGKILL) after step 1, before any checkpoint (save_every=2): new ranks start from
-    # the model files and steps 1 and 2 run again
+    # chaos: a rollout worker killed (SIGKILL) at a seeded random moment of every step (sampling, the update, the
+    # sync: wherever it falls), and the learner rank once, after step 1 and before any checkpoint (save_every=2):
+    # the workers' calls are replayed, new learner ranks start from the model files, steps 1 and 2 run again
     scheduler = scheduler_on(_config(tiny_model_dir, tmp_path / "killed", "trainer.eval_every=0", "trainer.save_every=2",
                                      *interleaved))
-    scheduler.train_step()
+    moments, restarts = random.Random(0), sum(scheduler.pool.restarts)
+
+    def step_under_fire(index: int) -> int:
+        timer = kill_after(scheduler.pool.workers[index % 2], moments.uniform(0.0, 4.0))
+        step = scheduler.train_step()["step"]
+        timer.join()
+        return step
+
+    assert step_under_fire(0) == 1
     old_ranks = scheduler.learners.ranks
-    os.kill(ray.get(old_ranks[0].__ray_call__.remote(lambda rank: os.getpid())), signal.SIGKILL)
-    assert scheduler.train_step()["step"] == 1  # the replayed step 1
-    assert [scheduler.train_step()["step"] for _ in range(2)] == [2, 3]
+    kill(old_ranks[0])
+    assert [step_under_fire(index) for index in (1, 2, 3)] == [1, 2, 3]  # step 1 replayed, then 2 and 3
+    scheduler.pool.gpu_ids()  # a worker killed after the last step's last call is brought back here
     scheduler.close()
     assert scheduler.failures == 1 and scheduler.learners.ranks != old_ranks
+    assert sum(scheduler.pool.restarts) - restarts == 4
 
     straight = _comparable(tmp_path / "straight")
     assert straight == _comparable(tmp_path / "resumed") == _comparable(tmp_path / "killed")

@@ -3,9 +3,6 @@ the step's trajectories are those of the undisturbed step, and one death too man
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 
 import pytest
@@ -13,12 +10,7 @@ import torch
 
 from rollout.config import RewardConfig, RolloutConfig
 from rollout.envs import load_tasks
-
-
-def _pid(worker) -> int:
-    import ray
-
-    return ray.get(worker.__ray_call__.remote(lambda self: os.getpid()))
+from tests.chaos import kill, kill_after, process_id
 
 
 def _played(trajectories) -> list:
@@ -55,24 +47,23 @@ def test_a_killed_worker_comes_back_with_the_current_weights_and_replays_its_epi
 
         # killed between calls: the next call reaches the restarted worker, which refuses it (StaleWorker)
         # or finds it dead; either way it is brought back and the call replayed
-        os.kill(_pid(pool.workers[1]), signal.SIGKILL)
+        kill(pool.workers[1])
         time.sleep(10.0)
         assert _same(pool.generate(tasks, group_size=2, seed=7), undisturbed)
         assert pool.restarts == [0, 1]
 
         # killed in the middle of a call
-        victim = _pid(pool.workers[0])
+        victim = process_id(pool.workers[0])
         started = time.perf_counter()
-        timer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
-        timer.start()
+        timer = kill_after(pool.workers[0], 1.0)
         replayed = pool.generate(tasks, group_size=2, seed=7)
         timer.join()
         assert _same(replayed, undisturbed)
-        assert pool.restarts == [1, 1] and _pid(pool.workers[0]) != victim
+        assert pool.restarts == [1, 1] and process_id(pool.workers[0]) != victim
         print(f"a worker killed 1 s into a call: the call took {time.perf_counter() - started:.1f} s")
 
         # a second death of worker 0 is one more than rollout.max_restarts=1
-        os.kill(_pid(pool.workers[0]), signal.SIGKILL)
+        kill(pool.workers[0])
         with pytest.raises(RolloutWorkerLost, match=r"rollout worker 0 died 2 time\(s\) and rollout.max_restarts is 1"):
             pool.generate(tasks, group_size=2, seed=7)
     finally:
