@@ -42,7 +42,9 @@ def test_a_killed_worker_comes_back_with_the_current_weights_and_replays_its_epi
         generator = torch.Generator().manual_seed(0)
         pool.load_weights(ray.put({name: tensor + 0.05 * torch.randn(tensor.shape, generator=generator)
                                    for name, tensor in policy.state_dict().items()}))
+        started = time.perf_counter()
         undisturbed = pool.generate(tasks, group_size=2, seed=7)
+        call_s = time.perf_counter() - started
         assert _played(undisturbed) != _played(from_files)
 
         # killed between calls: the next call reaches the restarted worker, which refuses it (StaleWorker)
@@ -52,15 +54,15 @@ def test_a_killed_worker_comes_back_with_the_current_weights_and_replays_its_epi
         assert _same(pool.generate(tasks, group_size=2, seed=7), undisturbed)
         assert pool.restarts == [0, 1]
 
-        # killed in the middle of a call
+        # killed a third into a call
         victim = process_id(pool.workers[0])
         started = time.perf_counter()
-        timer = kill_after(pool.workers[0], 1.0)
+        timer = kill_after(pool.workers[0], call_s / 3)
         replayed = pool.generate(tasks, group_size=2, seed=7)
         timer.join()
         assert _same(replayed, undisturbed)
         assert pool.restarts == [1, 1] and process_id(pool.workers[0]) != victim
-        print(f"a worker killed 1 s into a call: the call took {time.perf_counter() - started:.1f} s")
+        print(f"a call of {call_s:.1f} s whose worker was killed a third into it took {time.perf_counter() - started:.1f} s")
 
         # a second death of worker 0 is one more than rollout.max_restarts=1
         kill(pool.workers[0])
