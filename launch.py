@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cluster.arguments import OneLineErrors, positive_float, positive_int
 from cluster.checkpoints import checkpoint_to_resume
 from cluster.config import ConfigError, check_model_dir, load_config
 from cluster.console import eval_line, final_lines, progress_label, reward_is_success, step_line
@@ -147,15 +148,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_model_dir(config.trainer.model, "trainer.model")
     import ray  # heavy imports (torch, vLLM, Ray) only once the input is known good
 
+    from cluster.elastic import start_scheduler
     from cluster.local import init_ray
-    from cluster.scheduler import Scheduler
 
     checkpoint_to_resume(config)  # a run directory problem is a one-line error before anything starts
     init_ray(args.address)
     total = config.trainer.total_steps
     with console.status(f"starting {config.rollout.workers} rollout worker(s) and {config.learner.world_size} "
                         f"learner rank(s) for run {config.run_path()}"):
-        scheduler = ray.remote(num_cpus=0)(Scheduler).remote(config)
+        scheduler = start_scheduler(config)
         initial = ray.get(scheduler.initial_eval.remote())
     if initial:
         console.print(f"step 0 (starting weights): {eval_line(initial)}", highlight=False)
@@ -172,6 +173,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(f"run directory: {config.run_path()}")
     for line in final_lines(config, initial, metrics, time.perf_counter() - started):
         console.print(line, highlight=False)
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from cluster.elastic import scale
+
+    console.print(scale(Path(args.run_dir), args.rollout_workers, args.address), highlight=False)
     return 0
 
 
@@ -251,32 +259,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from cluster import jobs
 
-    if args.action == "status":
-        print(jobs.status(args.address, args.job_id))
-    elif args.action == "logs":
-        print(jobs.logs(args.address, args.job_id), end="")
-    else:
-        print("stopped" if jobs.stop(args.address, args.job_id) else "already finished")
+    answer = {"status": lambda: jobs.status(args.address, args.job_id) + "\n",
+              "logs": lambda: jobs.logs(args.address, args.job_id),
+              "stop": lambda: "stopped\n" if jobs.stop(args.address, args.job_id) else "already finished\n"}[args.action]
+    print(answer(), end="")
     return 0
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
-
-
-class OneLineErrors(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray on 127.0.0.1)")
     add_config_flags(train)
     train.set_defaults(run=cmd_train)
+
+    scale = commands.add_parser("scale", help="change the number of rollout workers of a running train (next step on)")
+    scale.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of the running launch.py train")
+    scale.add_argument("--rollout-workers", type=positive_int, required=True, help="RolloutWorker actors from now on")
+    scale.add_argument("--address", help="Ray cluster address (default: the one RUN_DIR/ray_address records)")
+    scale.set_defaults(run=cmd_scale)
 
     report = commands.add_parser("report", help="figures and one HTML page from run directories (runs overlaid)")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with a metrics.jsonl)")

@@ -242,6 +242,14 @@ class Scheduler:
         return {**metrics, "adaptive/sft_steps_left": float(self.adaptive.sft_steps_left),
                 "adaptive/lr_factor": self.adaptive.lr_factor}
 
+    def scale_rollout(self, workers: int) -> str:
+        """Resize the RolloutWorker pool between two steps (``launch.py scale``); what changed, in words."""
+        if self.placement is not None and self.placement.group is not None:
+            raise ValueError("a run in a GPU placement group keeps its rollout workers (the group's bundles are fixed)")
+        before = len(self.pool.workers)
+        self.pool.resize(workers)
+        return f"rollout workers {before} → {workers} from step {self.step + 1}"
+
     def evaluate(self) -> dict[str, float]:
         """Greedy eval of every suite in trainer.eval_suites: eval/<key> (id), eval/<suite>/<key> (the others)."""
         return evaluate_suites(self.pool, self.eval_suites)

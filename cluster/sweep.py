@@ -203,10 +203,10 @@ def train_run(config: ToolRLConfig, actors: Actors, on_step: Callable[[dict], No
     A run that fails takes its actors with it (a Learner may have died inside a collective)."""
     import ray
 
-    from cluster.scheduler import Scheduler
+    from cluster.elastic import start_scheduler
 
     started = time.perf_counter()
-    scheduler = ray.remote(num_cpus=0)(Scheduler).remote(config, *actors.for_run(config))
+    scheduler = start_scheduler(config, *actors.for_run(config))
     try:
         step = ray.get(scheduler.train_step.remote())
         on_step(step)

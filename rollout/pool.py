@@ -72,10 +72,24 @@ class RolloutPool:
         self.version = 0  # settings and weights sent to the workers so far (RolloutWorker's calls check it)
         self.restarts = [0] * config.workers
         self.unrestored: set[int] = set()  # restarted workers still waiting for the pool's state
-        options = actor_options or (lambda index: {})
-        self.workers = [actor.options(**options(index)).remote(str(model_path), config, reward, seed + index)
-                        for index in range(config.workers)]
+        self._start = lambda index: actor.options(**(actor_options or (lambda _: {}))(index)).remote(
+            str(model_path), config, reward, seed + index)
+        self.workers = [self._start(index) for index in range(config.workers)]
         ray.get([w.ready.remote() for w in self.workers])
+
+    def resize(self, workers: int) -> None:
+        """``workers`` workers from the next call on: the last ones end, new ones get the pool's settings and
+        weights. Episodes carry their own seeds, so what a step plays does not depend on the count."""
+        import ray
+
+        while len(self.workers) > workers:
+            ray.kill(self.workers.pop())
+            self.restarts.pop()
+            self.unrestored.discard(len(self.workers))
+        added = [self._start(index) for index in range(len(self.workers), workers)]
+        ray.get([w.restore.remote(*self.settings, self.weights, self.version) for w in added])
+        self.workers += added
+        self.restarts += [0] * len(added)
 
     def generate(self, tasks: list[Task], group_size: int, seed: int, temperature: float | None = None,
                  tag: str = "", fmt: str | None = None) -> list[Trajectory]:
