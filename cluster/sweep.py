@@ -213,8 +213,9 @@ def train_run(config: ToolRLConfig, actors: Actors, on_step: Callable[[dict], No
         while step["step"] < config.trainer.total_steps:
             step = ray.get(scheduler.train_step.remote())
             on_step(step)
-        # after a learner death the run ended on new ranks (trainer.max_failures): the next run takes those
-        actors.learners = ray.get(scheduler.__ray_call__.remote(lambda run: run.learners))
+        # the run may have ended on other actors than it started on (new learner ranks after a learner death,
+        # rollout workers added or removed by launch.py scale): the next run takes those
+        actors.pool, actors.learners = ray.get(scheduler.__ray_call__.remote(lambda run: (run.pool, run.learners)))
         ray.get(scheduler.close.remote())
     except BaseException:
         actors.close()

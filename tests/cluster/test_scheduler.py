@@ -86,8 +86,13 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
 
 
 @pytest.mark.slow
-def test_resumed_and_chaos_runs_repeat_the_uninterrupted_run(scheduler_on, tiny_model_dir, tmp_path):
+def test_resumed_chaos_and_scaled_runs_repeat_the_uninterrupted_run(actors, scheduler_on, tiny_model_dir, tmp_path,
+                                                                     capsys):
+    import ray
+
     from cluster.checkpoints import RunDirectoryError
+    from cluster.elastic import start_scheduler
+    from launch import main
 
     def run(run_dir, steps: int, *extra: str) -> None:
         scheduler = scheduler_on(_config(tiny_model_dir, run_dir, "trainer.eval_every=0", *extra))
@@ -128,9 +133,35 @@ def test_resumed_and_chaos_runs_repeat_the_uninterrupted_run(scheduler_on, tiny_
     assert scheduler.failures == 1 and scheduler.learners.ranks != old_ranks
     assert sum(scheduler.pool.restarts) - restarts == 4
 
+    # scaled: ``launch.py scale`` to 3 rollout workers after step 1 and back to 2 after step 2 of a running train
+    config = _config(tiny_model_dir, tmp_path / "scaled", "trainer.eval_every=0", *interleaved)
+    scaled = start_scheduler(config, *actors(config))
+    try:
+        for workers in (3, 2):
+            ray.get(scaled.train_step.remote())
+            assert main(["scale", str(tmp_path / "scaled"), "--rollout-workers", str(workers)]) == 0
+        ray.get(scaled.train_step.remote())
+        ray.get(scaled.close.remote())
+    finally:
+        ray.kill(scaled)
+    assert capsys.readouterr().out.splitlines()[-2:] == ["rollout workers 2 → 3 from step 2",
+                                                        "rollout workers 3 → 2 from step 3"]
+    assert main(["scale", str(tmp_path / "scaled"), "--rollout-workers", "2"]) == 2  # it is no longer training
+    assert "no run is training into" in capsys.readouterr().err
+    assert main(["scale", str(tmp_path / "straight"), "--rollout-workers", "2"]) == 2  # not started by launch.py
+    assert "has no ray_address" in capsys.readouterr().err
+
     straight = _comparable(tmp_path / "straight")
     assert straight == _comparable(tmp_path / "resumed") == _comparable(tmp_path / "killed")
     assert [r["update/sft"] for r in straight] == [0.0, 0.0, 1.0] and straight[2]["supervision/sft_samples/erroneous"] == 4
+    # the worker count changes no sample (episodes carry their seeds); the engines' own logprobs move in float
+    # noise only: a batch of another shape computes them in other matmul shapes
+    engine_logprobs = ("rollout_logprob_diff", "rollout_logprob_diff_max")
+    scaled_logged = _comparable(tmp_path / "scaled")
+    assert [{k: v for k, v in r.items() if k not in engine_logprobs} for r in scaled_logged] == \
+        [{k: v for k, v in r.items() if k not in engine_logprobs} for r in straight]
+    assert [[r[k] for k in engine_logprobs if k in r] for r in scaled_logged] == [
+        pytest.approx([r[k] for k in engine_logprobs if k in r], abs=1e-5) for r in straight]  # none in the SFT step
 
 
 def _comparable(run_dir) -> list[dict]:
@@ -222,45 +253,3 @@ def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly
     assert scheduler.train_step()["step"] == 2
     scheduler.close()
     assert _comparable(resumed) == _comparable(tmp_path / "straight")
-
-
-@pytest.mark.slow
-def test_rollout_workers_scaled_mid_run_change_no_metric(actors, tiny_model_dir, tmp_path, capsys):
-    """``launch.py scale`` to 2 workers after step 1 and back to 1 after step 2 of a running train: the run logs
-    what a run that stayed at 1 logs (episodes carry their seeds). Only the engines' own logprobs move, in
-    float noise: an engine computes a batch of other shape."""
-    import ray
-
-    from cluster.elastic import start_scheduler
-    from cluster.scheduler import Scheduler
-    from launch import main
-
-    def config(name: str):
-        return _config(tiny_model_dir, tmp_path / name, "trainer.eval_every=0", "rollout.workers=1")
-
-    alone = Scheduler(config("alone"), *actors(config("alone")))
-    for _ in range(3):
-        alone.train_step()
-    alone.close()
-
-    scaled = start_scheduler(config("scaled"), *actors(config("scaled")))
-    try:
-        for workers in (2, 1):
-            ray.get(scaled.train_step.remote())
-            assert main(["scale", str(tmp_path / "scaled"), "--rollout-workers", str(workers)]) == 0
-        ray.get(scaled.train_step.remote())
-        ray.get(scaled.close.remote())
-    finally:
-        ray.kill(scaled)
-    assert capsys.readouterr().out.splitlines()[-2:] == ["rollout workers 1 → 2 from step 2",
-                                                        "rollout workers 2 → 1 from step 3"]
-    engine_logprobs = ("rollout_logprob_diff", "rollout_logprob_diff_max")
-    logged, expected = _comparable(tmp_path / "scaled"), _comparable(tmp_path / "alone")
-    assert [{k: v for k, v in r.items() if k not in engine_logprobs} for r in logged] == \
-        [{k: v for k, v in r.items() if k not in engine_logprobs} for r in expected]
-    assert [r[k] for r in logged for k in engine_logprobs] == pytest.approx(
-        [r[k] for r in expected for k in engine_logprobs], abs=1e-5)
-    assert main(["scale", str(tmp_path / "scaled"), "--rollout-workers", "2"]) == 2  # it is no longer training
-    assert "no run is training into" in capsys.readouterr().err
-    assert main(["scale", str(tmp_path / "alone"), "--rollout-workers", "2"]) == 2  # not started by launch.py train
-    assert "has no ray_address" in capsys.readouterr().err
