@@ -153,6 +153,9 @@ def test_resumed_chaos_and_scaled_runs_repeat_the_uninterrupted_run(actors, sche
 
     straight = _comparable(tmp_path / "straight")
     assert straight == _comparable(tmp_path / "resumed") == _comparable(tmp_path / "killed")
+    samples = {run: [p.read_text() for p in sorted((tmp_path / run / "samples").glob("*.txt"))]
+               for run in ("straight", "resumed", "killed", "scaled")}  # the sampled episodes, as text
+    assert len(samples["straight"]) == 2 and all(texts == samples["straight"] for texts in samples.values())
     assert [r["update/sft"] for r in straight] == [0.0, 0.0, 1.0] and straight[2]["supervision/sft_samples/erroneous"] == 4
     # the worker count changes no sample (episodes carry their seeds); the engines' own logprobs move in float
     # noise only: a batch of another shape computes them in other matmul shapes
