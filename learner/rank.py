@@ -348,9 +348,8 @@ class Learner:
         return merged_weights(self.model, full) if self.rank == 0 else {}
 
     def rollout_weights(self, dtype: str) -> list | None:
-        """The full weights, gathered on rank 0, in the engines' ``dtype`` (half the bytes of fp32 for bf16
-        engines) as one object-store copy for every engine: ``[ref]`` on rank 0 (a list, so the caller
-        borrows the ref rather than the tensors), None on the others."""
+        """The full weights gathered on rank 0 in the engines' ``dtype``, one object-store copy for all engines:
+        ``[ref]`` on rank 0 (a list: the caller borrows the ref, not the tensors), None on the others."""
         import ray
 
         state = self.state_dict_for_rollout()
@@ -379,6 +378,7 @@ class Learner:
     def load(self, directory: str) -> dict:
         """Restore weights (LoRA: the adapter), optimizer and counters from ``save``; returns the run state."""
         directory = Path(directory)
+        self.model.reshard()  # after a forward without backward FSDP2 keeps the root's parameters unsharded
         load_weights(self.model, directory)
         options = StateDictOptions(full_state_dict=True)
         state = torch.load(directory / TRAINER_STATE, weights_only=False)

@@ -191,3 +191,16 @@ def test_activation_checkpointing_and_small_logit_chunks_leave_the_gradients_unc
     for name in ("checkpointed", "chunks of 3 tokens"):
         for key, value in gradients["plain"].items():
             torch.testing.assert_close(gradients[name][key], value, atol=1e-5, rtol=1e-5, msg=f"{name}: {key}")
+
+
+def test_a_checkpoint_loads_after_a_forward_pass_without_backward(learner, tmp_path):
+    """FSDP2 leaves the root module's parameters (embeddings, final norm, output layer) unsharded after a
+    forward pass with no backward: loading then failed ("mixed torch.Tensor and DTensor"), as when mode
+    adaptive rolled back after a step whose groups were all flat (only the probe's forward ran)."""
+    saved = _weights(learner)
+    learner.save(str(tmp_path / "step_000001"), {"step": 1})
+    batch = random_batch(len(learner.tokenizer), 4, seed=3)
+    learner.rl_update(batch, group_size=2)
+    learner.control_probe(batch)  # forward only
+    assert learner.load(str(tmp_path / "step_000001")) == {"step": 1}
+    assert all(torch.equal(saved[name], tensor) for name, tensor in _weights(learner).items())
