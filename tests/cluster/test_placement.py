@@ -43,3 +43,13 @@ def test_a_placement_the_cluster_cannot_hold_fails_in_one_line(ray_local):
     with pytest.raises(PlacementError, match=r"^the run needs 5 GPU in its placement group \(5 bundles\) but the "
                                              r"Ray cluster has 4$"):
         Placement(config)
+
+
+def test_custom_resources_go_into_the_bundles(ray_local):
+    """rollout.resources / learner.resources reach the placement group: colocated bundles carry both, and a
+    resource no node offers is named in the one-line error (the session's node offers none)."""
+    config = load_config(GPU_PRESET, ["rollout.worker_cpus=1", "learner.cpus_per_rank=1",
+                                      "rollout.resources={rollout_node: 1}", "learner.resources={learner_node: 0.5}"])
+    with pytest.raises(PlacementError, match=r"^the run needs 1 learner_node in its placement group \(2 bundles\) "
+                                             r"but the Ray cluster has 0$"):
+        Placement(config)
