@@ -259,10 +259,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from cluster import jobs
 
-    answer = {"status": lambda: jobs.status(args.address, args.job_id) + "\n",
-              "logs": lambda: jobs.logs(args.address, args.job_id),
-              "stop": lambda: "stopped\n" if jobs.stop(args.address, args.job_id) else "already finished\n"}[args.action]
-    print(answer(), end="")
+    if args.action == "status":
+        print(jobs.status(args.address, args.job_id))
+    elif args.action == "logs":
+        print(jobs.logs(args.address, args.job_id), end="")
+    else:
+        print("stopped" if jobs.stop(args.address, args.job_id) else "already finished")
     return 0
 
 

@@ -71,12 +71,12 @@ class Scheduler:
         self.started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._start_state(checkpoint)
-        if checkpoint is None and pool is not None:  # the engines hold another run's weights
+        if checkpoint is not None or pool is not None:  # the engines hold the model files' weights or another run's
             self.learners.push_weights(self.pool)
         (self.run_dir / "config.yaml").write_text(dump_config(config))
 
     def _start_state(self, checkpoint: Path | None) -> None:
-        """The loop's state at the start of a run, or at ``checkpoint`` (whose weights the engines get)."""
+        """The loop's state (and the learners' weights) at the start of a run, or at ``checkpoint``."""
         config = self.config
         self.sampler = TaskSampler(self.tasks, config.trainer.seed)
         self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.tasks, self.run_dir)
@@ -91,7 +91,6 @@ class Scheduler:
             if "alarm" in state:  # checkpoints written before the alarm existed start it afresh
                 self.alarm.restore(state["alarm"])
                 self.adaptive.restore(state["adaptive"])
-            self.learners.push_weights(self.pool)
         self._truncate_metrics()
         from torch.utils.tensorboard import SummaryWriter
 
@@ -117,8 +116,7 @@ class Scheduler:
         self.writer.close()
         self.learners.restart(self.config.learner, trainer.seed)
         self._start_state(latest)
-        if latest is None:  # the engines hold weights of steps that run again
-            self.learners.push_weights(self.pool)
+        self.learners.push_weights(self.pool)  # the engines hold weights of steps that run again
 
     def _train_step(self) -> dict[str, float]:
         trainer = self.config.trainer
