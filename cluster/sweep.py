@@ -40,6 +40,8 @@ class Configuration(BaseModel):
     steps: int | None = Field(None, ge=1, description="Training steps of this configuration's runs (default: the "
                               "preset's steps), e.g. one more for an interleaved schedule whose SFT steps sample "
                               "nothing, so that every row has sampled as many episodes.")
+    seeds: int | None = Field(None, ge=1, description="Seeds of this configuration's runs, 0..N-1 (default: the "
+                              "sweep's), e.g. more for the rows whose runs scatter; not used by --quick.")
 
 
 class QuickVariant(BaseModel):
@@ -114,9 +116,13 @@ def plan(preset: SweepPreset, sweep_dir: Path, seeds: int | None = None, quick: 
         seeds = seeds or preset.quick.seeds
         if preset.quick.test_policy:
             extra = [*extra, f"trainer.model={sweep_dir.resolve() / 'test-policy'}"]
+    seeds = seeds or preset.seeds
+    def count(configuration: Configuration) -> int:
+        return seeds if quick else configuration.seeds or seeds
+
     runs = []
-    for seed in range(seeds or preset.seeds):
-        for configuration in chosen:
+    for seed in range(max(map(count, chosen))):
+        for configuration in (c for c in chosen if seed < count(c)):
             total = steps if quick else configuration.steps or steps
             run_dir = sweep_dir.resolve() / configuration.name / f"seed{seed}"
             config = load_config(ROOT / configuration.config, [

@@ -46,6 +46,16 @@ def test_supervision_table_samples_as_many_episodes_per_row(tmp_path):
     assert [table[n].config.trainer.total_steps for n in table] == [6, 6, 7, 7]
 
 
+def test_the_paper_preset_gives_the_scattered_rows_more_seeds(tmp_path):
+    runs = plan(load_preset("paper"), tmp_path)
+    seeds = {name: sorted(r.seed for r in runs if r.configuration == name) for name in {r.configuration for r in runs}}
+    scattered = {"rl", "interleaved_expert", "interleaved_erroneous", "interleaved_reflection", "adaptive"}
+    assert seeds == {name: list(range(7 if name in scattered else 3)) for name in seeds} and len(seeds) == 10
+    assert [(r.configuration, r.seed) for r in runs[-5:]] == [(name, 6) for name in (
+        "rl", "interleaved_expert", "interleaved_erroneous", "interleaved_reflection", "adaptive")]  # seed-major
+    assert len(plan(load_preset("paper"), tmp_path, seeds=2)) == 5 * 7 + 5 * 2  # --seeds: the other rows' count
+
+
 def test_collapse_repair_runs_every_rl_at_the_collapsing_lr_and_sft_gently(tmp_path):
     runs = {r.configuration: r.config for r in plan(load_preset("collapse-repair"), tmp_path, seeds=1)}
     assert set(runs) == {"rl", "sft_then_rl", "sync_expert", "interleaved_expert", "adaptive"}
