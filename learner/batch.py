@@ -134,3 +134,16 @@ def rl_batch(trajectories: list, scale_by_std: bool = True, skip_flat_groups: bo
     return SequenceBatch([trajectories[i].token_ids for i in keep], [trajectories[i].loss_mask for i in keep],
                          [advantages[i] for i in keep], [trajectories[i].logprobs for i in keep],
                          [origins[i] for i in keep] if origins else [], temperature=temperature)
+
+
+@dataclass
+class RLMiniBatch:
+    """One RL optimizer step's data on this rank: its share of the mini-batch, the old and reference
+    logprobs of each of its micro-batches, the loss denominator of the whole mini-batch, and how far the
+    engine's sampling logprobs are from the learner's old ones (``learner.terms.sampling_differences``)."""
+
+    batch: list[SequenceBatch]  # micro-batches
+    old_logprobs: list[torch.Tensor | None]  # None: on-policy, taken from the update's own forward pass
+    ref_logprobs: list[torch.Tensor]
+    denominator: float
+    differences: list[float]

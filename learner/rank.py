@@ -13,7 +13,6 @@ import math
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from learner.batch import SequenceBatch
+from learner.batch import RLMiniBatch, SequenceBatch
 from learner.config import LearnerConfig, warmup_cosine
 from learner.diagnostics import ControlTokens, control_metrics, control_values, decision_mask, decision_points
 from learner.layout import micro_batches, split_even
@@ -39,17 +38,6 @@ from learner.terms import difference_metrics, off_policy_terms, sampling_differe
 
 TRAINER_STATE = "trainer_state.pt"
 RUN_STATE = "run_state.json"
-
-
-@dataclass
-class RLMiniBatch:
-    """One RL optimizer step's data on this rank: its share of the mini-batch, the old and reference
-    logprobs of each of its micro-batches, and the loss denominator of the whole mini-batch."""
-
-    batch: list[SequenceBatch]  # micro-batches
-    old_logprobs: list[torch.Tensor]
-    ref_logprobs: list[torch.Tensor]
-    denominator: float
 
 
 def _shard(model: torch.nn.Module, mesh, config: LearnerConfig) -> torch.nn.Module:
@@ -208,6 +196,9 @@ class Learner:
             points = decision_points(ids, mask, self.control_tokens) if control is not None else None
             kept = decision_mask(points) if points is not None else None
             scores = self._score(self.model, ids, attention, mask, part.temperature, entropy=True, kept=kept)
+            if rl.old_logprobs[index] is None:  # the weights are still those the batch was sampled with
+                rl.old_logprobs[index] = scores.logprobs.detach()
+                rl.differences += sampling_differences(part, rl.old_logprobs[index], mask)
             shaped, weights = off_policy_terms(part, rl.old_logprobs[index])
             loss, metrics = policy_loss(scores.logprobs, rl.old_logprobs[index], advantages, mask, cfg.clip_low,
                                         cfg.clip_high, cfg.dual_clip, cfg.aggregation, rl.denominator,
@@ -245,22 +236,22 @@ class Learner:
         size = size or len(batch) or 1
         return [batch.select(list(range(s, min(s + size, len(batch))))) for s in range(0, len(batch), size)]
 
-    def _rl_parts(self, batch: SequenceBatch, group_size: int) -> tuple[list[RLMiniBatch], list[float]]:
+    def _rl_parts(self, batch: SequenceBatch, group_size: int) -> list[RLMiniBatch]:
         """Mini-batches of whole groups, each with this rank's share and its old/reference logprobs.
 
-        Also returns how far the engine's sampling logprobs are from the learner's: near zero when the
-        rollout weights are the learner's (fp32 on both sides), large when a weight sync went wrong.
+        The first mini-batch is trained on before any step changes the weights, so its old logprobs come
+        from its own first forward pass (without a pass of their own); the later ones' are computed now,
+        under the weights the batch was sampled with.
         """
-        prepared, differences = [], []
-        for mini in self._mini_batches(batch, self.config.mini_batch_tasks * group_size):
+        prepared = []
+        for index, mini in enumerate(self._mini_batches(batch, self.config.mini_batch_tasks * group_size)):
             local = self._local(mini)
-            old = self._logprobs(self.model, local)  # recomputed under the current weights, as verl does
+            old = self._logprobs(self.model, local) if index else [None] * len(local)
             ref = self._logprobs(self.reference, local) if self.reference is not None else []
-            prepared.append(RLMiniBatch(local, old, ref, self._denominator(mini)))
-            for part, logprobs in zip(local, old):
-                if part.sampling_logprobs:
-                    differences += sampling_differences(part, logprobs, self._tensors(part)[2])
-        return prepared, differences
+            differences = [value for part, logprobs in zip(local, old) if logprobs is not None
+                           for value in sampling_differences(part, logprobs, self._tensors(part)[2])]
+            prepared.append(RLMiniBatch(local, old, ref, self._denominator(mini), differences))
+        return prepared
 
     def _control_metrics(self, control: list) -> dict[str, float]:
         """The step's control-token metrics over the positions of every rank (all ranks must call it)."""
@@ -281,11 +272,12 @@ class Learner:
     def rl_update(self, batch: SequenceBatch, group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
         """GRPO steps over ``batch`` at ``lr_scale`` × learner.lr (the run's schedule; mode adaptive lowers it
         after alarms)."""
-        prepared, differences = self._rl_parts(batch, group_size)
+        prepared = self._rl_parts(batch, group_size)
         control: list = []  # control-token values of every micro-batch of the step
         metrics = [self._optimizer_step(rl, None, 0.0, self.config.lr * lr_scale, control=control)
                    for _ in range(self.config.ppo_epochs) for rl in prepared]
         self._release_cache()
+        differences = [value for rl in prepared for value in rl.differences]
         return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control)}
 
     @torch.no_grad()
@@ -317,14 +309,13 @@ class Learner:
     def combined_update(self, rl_batch: SequenceBatch, sft_batch: SequenceBatch, sft_weight: float,
                         group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
         """Optimizer steps on ``L_rl + sft_weight · L_sft``: the SFT batch is split across the RL mini-batches."""
-        prepared, differences = self._rl_parts(rl_batch, group_size)
-        if not prepared:  # no group carried an RL signal: the λ-weighted SFT term alone
-            prepared = [None]
+        prepared = self._rl_parts(rl_batch, group_size) or [None]  # None: the λ-weighted SFT term alone
         sft_parts, control = split_even(sft_batch, len(prepared)), []
         metrics = [self._optimizer_step(rl, self._local(sft), sft_weight, self.config.lr * lr_scale,
                                         self._denominator(sft), control)
                    for _ in range(self.config.ppo_epochs) for rl, sft in zip(prepared, sft_parts)]
         self._release_cache()
+        differences = [value for rl in prepared if rl for value in rl.differences]
         return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control)}
 
     @torch.no_grad()

@@ -29,7 +29,9 @@ def off_policy_terms(part: SequenceBatch, old: torch.Tensor) -> tuple[torch.Tens
 
 def sampling_differences(part: SequenceBatch, logprobs: torch.Tensor, mask: torch.Tensor) -> list[float]:
     """|learner − engine| log-prob at the loss tokens (``mask``) of the micro-batch's policy-sampled rows, in
-    one transfer (no per-token ``.item()``)."""
+    one transfer (no per-token ``.item()``); none for a micro-batch without the engine's logprobs."""
+    if not part.sampling_logprobs:
+        return []
     sampled = torch.zeros_like(logprobs)
     for row, values in enumerate(part.sampling_logprobs):
         sampled[row, : len(values)] = torch.tensor(values, device=logprobs.device)

@@ -13,6 +13,7 @@ from learner.batch import SequenceBatch
 from learner.config import LearnerConfig
 from learner.group import LearnerGroup
 from learner.rank import Learner, free_port
+from learner.terms import sampling_differences
 
 
 def random_batch(vocab: int, n: int, seed: int, with_advantages: bool = True) -> SequenceBatch:
@@ -55,6 +56,43 @@ def test_rl_update_moves_weights_towards_positive_advantages(learner):
         change = sum(n - o for n, o, m in zip(new, old, mask) if m)
         if abs(advantage) > 0.3:
             assert (change > 0) == (advantage > 0)
+
+
+def test_an_on_policy_mini_batch_takes_its_old_logprobs_from_its_own_forward_pass(learner, monkeypatch):
+    """The first mini-batch of a step trains under the weights its batch was sampled with: no separate
+    old-logprob pass, and the same update, metrics and weight-sync check as with that pass (two epochs, so
+    the second reuses the first's old logprobs)."""
+    config = learner.config.model_copy(update={"mini_batch_tasks": 2, "ppo_epochs": 2})
+    batch = random_batch(len(learner.tokenizer), 8, seed=3)  # 4 groups of 2: two mini-batches
+    batch.sampling_logprobs = [[value + 0.01 for value in row] for row in learner.logprobs(batch)]
+    passes = []
+    counted = Learner._logprobs
+    monkeypatch.setattr(Learner, "_logprobs", lambda self, model, parts: passes.append(len(parts)) or counted(
+        self, model, parts))
+
+    def update() -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        learner.start(config, seed=0)
+        return learner.rl_update(batch, group_size=2), _weights(learner)
+
+    skipped, skipped_weights = update()
+    assert passes == [2]  # the second mini-batch's 4 sequences in micro-batches of 2; none for the first
+    prepare = Learner._rl_parts
+
+    def with_every_pass(self, batch, group_size):
+        prepared = prepare(self, batch, group_size)
+        first = prepared[0]
+        first.old_logprobs = self._logprobs(self.model, first.batch)
+        first.differences = [value for part, logprobs in zip(first.batch, first.old_logprobs)
+                             for value in sampling_differences(part, logprobs, self._tensors(part)[2])]
+        return prepared
+
+    monkeypatch.setattr(Learner, "_rl_parts", with_every_pass)
+    recomputed, recomputed_weights = update()
+    assert skipped == pytest.approx(recomputed, rel=1e-6, abs=1e-7)
+    assert skipped["rollout_logprob_diff"] == pytest.approx(0.01, abs=1e-4)
+    assert skipped["clip_fraction"] > 0 or skipped["approx_kl_old"] > 0  # epoch 2 trained off the old logprobs
+    for name, value in skipped_weights.items():
+        torch.testing.assert_close(value, recomputed_weights[name], rtol=1e-5, atol=1e-6)
 
 
 def test_non_finite_gradient_skips_the_step_and_training_continues(learner):
