@@ -60,15 +60,24 @@ class TrainerConfig(BaseModel):
     max_failures: int = Field(2, ge=0, description="Learner rank deaths a run survives: new ranks load the latest "
                               "checkpoint (or the model files) and the steps since are replayed, with the metrics "
                               "of an undisturbed run. One more stops the run with the command that resumes it.")
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        ["tensorboard"], description="Where step metrics go besides metrics.jsonl, each with the same keys and the "
+        "resolved config (cluster/trackers.py): tensorboard (<run_dir>/tensorboard), wandb (pip install "
+        "'toolrl[wandb]'; WANDB_MODE=offline logs to <run_dir>/wandb), mlflow (pip install 'toolrl[mlflow]'; "
+        "MLFLOW_TRACKING_URI, else SQLite in mlflow.db beside the run directory). [] logs to metrics.jsonl only.",
+    )
+    project: str = Field("toolrl", description="W&B project and MLflow experiment of the run (loggers wandb, "
+                         "mlflow); the run is called name.")
     samples_per_step: int = Field(2, ge=0, description="Trajectories per step written as text to samples/.")
     seed: int = Field(0, description="Seed of task order and rollout sampling.")
 
-    @field_validator("eval_suites")
+    @field_validator("eval_suites", "loggers")
     @classmethod
-    def _distinct_suites(cls, suites: list[str]) -> list[str]:
-        if len(set(suites)) != len(suites):
-            raise ValueError("a suite is listed twice")
-        return suites
+    def _distinct(cls, names: list[str]) -> list[str]:
+        twice = [name for name in names if names.count(name) > 1]
+        if twice:
+            raise ValueError(f"{twice[0]} is listed twice")
+        return names
 
 
 class ClusterConfig(BaseModel):

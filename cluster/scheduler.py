@@ -17,6 +17,7 @@ from cluster.config import ToolRLConfig, dump_config
 from cluster.metrics import step_metrics, time_metrics
 from cluster.placement import start_actors
 from cluster.sampling import Draws, TaskSampler, draw_informative
+from cluster.trackers import Trackers
 from learner.batch import SequenceBatch, rl_batch
 from learner.group import LearnerGroup, LearnerLost
 from learner.models import resolve_model
@@ -71,6 +72,7 @@ class Scheduler:
         self.started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._start_state(checkpoint)
+        self.trackers = Trackers(config, self.run_dir, self.step)
         if checkpoint is not None or pool is not None:  # the engines hold the model files' weights or another run's
             self.learners.push_weights(self.pool)
         (self.run_dir / "config.yaml").write_text(dump_config(config))
@@ -92,9 +94,6 @@ class Scheduler:
                 self.alarm.restore(state["alarm"])
                 self.adaptive.restore(state["adaptive"])
         self._truncate_metrics()
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -113,9 +112,9 @@ class Scheduler:
         if self.failures > trainer.max_failures:
             raise RuntimeError(f"{lost} ({self.failures} learner deaths, trainer.max_failures is {trainer.max_failures}); "
                                f"the run stops at {latest or 'its start'}: resume it with --set trainer.resume=true") from lost
-        self.writer.close()
         self.learners.restart(self.config.learner, trainer.seed)
         self._start_state(latest)
+        self.trackers.rewind(self.step)
         self.learners.push_weights(self.pool)  # the engines hold weights of steps that run again
 
     def _train_step(self) -> dict[str, float]:
@@ -265,9 +264,7 @@ class Scheduler:
         record = {"step": self.step, "wall_s": round(time.time() - self.started, 3), **metrics}
         with (self.run_dir / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        for key, value in metrics.items():
-            self.writer.add_scalar(key, value, self.step)
-        self.writer.flush()
+        self.trackers.log(metrics, self.step)
 
     def _truncate_metrics(self) -> None:
         """Drop lines logged after the step we start from (a checkpoint's): those steps are about to run again."""
@@ -294,7 +291,7 @@ class Scheduler:
                                self.config.trainer.keep_checkpoints)
 
     def close(self) -> None:
-        self.writer.close()
+        self.trackers.close()
         if self.placement is not None:  # actors of its own: the group goes with them
             self.pool.close()
             self.learners.close()

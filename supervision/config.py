@@ -111,6 +111,9 @@ class EndpointConfig(BaseModel):
         "to the config, logs or the run directory).",
     )
     timeout_s: float = Field(60.0, gt=0, description="Seconds per request.")
+    max_retries: int = Field(3, ge=0, description="Retries of a request that timed out, could not connect or got "
+                             "HTTP 408/409/429/5xx, with exponential backoff (or the server's Retry-After).")
+    max_tokens: int | None = Field(None, ge=1, description="Longest reply in tokens (None: the endpoint's default).")
 
 
 class HintConfig(BaseModel):

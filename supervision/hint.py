@@ -16,7 +16,7 @@ from pathlib import Path
 from rollout.envs import Task
 from rollout.formats import render_call
 from rollout.worker import EpisodeRequest, Trajectory, hinted
-from supervision.llm import ChatClient
+from supervision.llm import ChatClient, client_metric_names
 from supervision.signal import Rollouts, Setup, Signal
 
 
@@ -34,6 +34,7 @@ def template_hint(task: Task, detail: str = "arguments") -> str:
 
 
 HINT_CACHE = "hint_cache.jsonl"  # the endpoint's hints, keyed by request (as the judge's answers)
+WRITER_METRICS = "supervision/hint/writer"  # the LLM writer's requests, cache hits and unusable replies
 HINT_SYSTEM = ("Write one short hint (one or two sentences) that helps an assistant solve this multi-turn tool "
                "task: which functions to call, in what order, with which key arguments. Do not add anything else.")
 
@@ -44,20 +45,23 @@ class LLMHintWriter:
     def __init__(self, endpoint, cache: Path | None):
         self.client = ChatClient(endpoint, cache)
 
-    def __call__(self, task: Task) -> str:
+    def __call__(self, task: Task) -> str | None:
+        """The hint; None when the endpoint's reply is unusable (``client.unusable`` counts it)."""
         request = {"requests": ["\n".join(texts) for texts in task.turns],
                    "ground_truth": [[render_call(c) for c in calls] for calls in task.ground_truth]}
-        return self.client.complete([{"role": "system", "content": HINT_SYSTEM},
-                                     {"role": "user", "content": json.dumps(request, indent=1)}]).strip()
+        hint = self.client.complete([{"role": "system", "content": HINT_SYSTEM},
+                                     {"role": "user", "content": json.dumps(request, indent=1)}])
+        return hint and hint.strip()
 
 
 def add_hints(groups: list[list[EpisodeRequest]], members: int, position: str,
-              writer: Callable[[Task], str]) -> list[list[EpisodeRequest]]:
-    """The first ``members`` requests of every group get the task's hint from ``writer``."""
+              writer: Callable[[Task], str | None]) -> list[list[EpisodeRequest]]:
+    """The first ``members`` requests of every group get the task's hint from ``writer`` (a group whose
+    hint is None, an unusable LLM reply, is sampled without one)."""
     decorated = []
     for group in groups:
-        hint = writer(group[0].task) if group else ""
-        decorated.append([replace(r, hint=hint, hint_position=position) if k < members else r
+        hint = writer(group[0].task) if group else None
+        decorated.append([replace(r, hint=hint, hint_position=position) if k < members and hint else r
                           for k, r in enumerate(group)])
     return decorated
 
@@ -92,7 +96,7 @@ class Hint(Signal):
     """A hint from the ground truth in the sampling prompt of the first ``members`` of each group."""
 
     name = "hint"
-    metric_names = ("supervision/hinted_group_share",)
+    metric_names = ("supervision/hinted_group_share", *client_metric_names(WRITER_METRICS))
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -108,4 +112,6 @@ class Hint(Signal):
         rollouts.hint_importance_cap = self.config.importance_max
         groups = {t.group_id for t in rollouts.trajectories}
         hinted = {t.group_id for t in rollouts.trajectories if t.hint}
-        return {"supervision/hinted_group_share": len(hinted) / max(len(groups), 1)}
+        writer = (self.writer.client.metrics(WRITER_METRICS) if isinstance(self.writer, LLMHintWriter)
+                  else dict.fromkeys(client_metric_names(WRITER_METRICS), 0.0))
+        return {"supervision/hinted_group_share": len(hinted) / max(len(groups), 1), **writer}

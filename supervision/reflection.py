@@ -21,9 +21,10 @@ from rollout.formats import ToolFormat, render_call
 from rollout.types import ToolCall
 from rollout.worker import Trajectory
 from supervision.config import ReflectionConfig
-from supervision.llm import ChatClient
-from supervision.signal import Setup, Signal
+from supervision.llm import ChatClient, client_metric_names
+from supervision.signal import Rollouts, Setup, Signal
 
+JUDGE_METRICS = "supervision/reflection/judge"  # the LLM judge's requests, cache hits and unusable replies
 JUDGE_CACHE = "judge_cache.jsonl"  # LLM answers, keyed by request: a resumed or repeated run asks nothing again
 MISTAKES = ("wrong_tool", "wrong_argument", "missing_argument", "missing_precondition", "wrong_order",
             "spurious_call", "premature_stop")
@@ -153,7 +154,9 @@ class LLMJudge:
     def __init__(self, config: ReflectionConfig, cache: Path | None):
         self.client = ChatClient(config.endpoint, cache)
 
-    def review(self, task: Task, calls: list[list[list[ToolCall]]], first_failed: int | None, failure: str | None) -> str:
+    def review(self, task: Task, calls: list[list[list[ToolCall]]], first_failed: int | None,
+               failure: str | None) -> str | None:
+        """The endpoint's review; None when its reply is unusable (``client.unusable`` counts it)."""
         attempt = {
             "turns": [{"request": "\n".join(task.turns[t]),
                        "assistant_calls": [render_call(c) for step in calls[t] for c in step] if t < len(calls) else [],
@@ -182,6 +185,7 @@ class Reflection(Signal):
     """Each failure becomes the judge's review of it."""
 
     name, sft, from_failures = "reflection", True, True
+    metric_names = client_metric_names(JUDGE_METRICS)
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -190,6 +194,15 @@ class Reflection(Signal):
                       else RuleJudge(config, setup.fmt, setup.tasks))
 
     def failure_samples(self, task: Task, trajectory: Trajectory) -> list[SftSample]:
+        """The review as one sample; none when the LLM judge's reply was unusable (counted, the run goes on)."""
         result = trajectory.result
         text = self.judge.review(task, trajectory.calls, result.first_failed_turn, result.failure)
+        if text is None:
+            return []
         return [reflection_sample(task, trajectory, text, self.setup.fmt, self.setup.tokenizer)]
+
+    def transform(self, rollouts: Rollouts) -> dict[str, float]:
+        """The LLM judge's counts so far in this process (the rule judge asks no one: 0)."""
+        if isinstance(self.judge, LLMJudge):
+            return self.judge.client.metrics(JUDGE_METRICS)
+        return dict.fromkeys(self.metric_names, 0.0)

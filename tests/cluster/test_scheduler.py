@@ -206,14 +206,22 @@ def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(actors, tin
 
 
 @pytest.mark.slow
-def test_a_step_without_an_update_still_reports_the_control_tokens(scheduler_on, tmp_path):
+def test_a_step_without_an_update_still_reports_the_control_tokens(scheduler_on, tmp_path, monkeypatch):
     """With one episode a group every group is flat: no update runs, and a forward pass over the step's
-    samples (under the base policy, which makes tool calls) reports the control tokens."""
+    samples (under the base policy, which makes tool calls) reports the control tokens. The step's metrics
+    also reach MLflow (trainer.loggers; every logger: tests/cluster/test_trackers.py)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = load_config(None, [f"trainer.model={BASE_POLICY}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.total_steps=1", "trainer.eval_every=0",
-                                "trainer.tasks_per_step=4", "rollout.group_size=1", "rollout.max_new_tokens=64"])
+                                "trainer.tasks_per_step=4", "rollout.group_size=1", "rollout.max_new_tokens=64",
+                                "trainer.loggers=[tensorboard, mlflow]"])
     scheduler = scheduler_on(config)
     step = scheduler.train_step()
     scheduler.close()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("toolrl").experiment_id])
+    assert run.data.metrics == {key: value for key, value in step.items() if key != "step"}
     assert step["update/skipped"] == 1.0 and step["diagnostics/probed"] == 1.0 and "pg_loss" not in step
     assert 0.0 < step["control/turn_end/im_end/mean"] <= step["control/turn_end/im_end/max"]
     assert step["control/call_open/healthy/max"] > 0.0
