@@ -50,6 +50,12 @@ def micro_batches(batch: SequenceBatch, rank: int, world_size: int, max_sequence
     return mine
 
 
+def padding_share(parts: list[SequenceBatch]) -> float:
+    """The share of the positions the forward passes of ``parts`` compute that are padding."""
+    computed = sum(len(part) * max(map(len, part.token_ids)) for part in parts if len(part))
+    return 1 - sum(len(ids) for part in parts for ids in part.token_ids) / max(computed, 1)
+
+
 def split_even(batch: SequenceBatch, parts: int) -> list[SequenceBatch]:
     """``parts`` consecutive slices whose sizes differ by at most one (some may be empty)."""
     bounds = [round(i * len(batch) / parts) for i in range(parts + 1)]

@@ -29,7 +29,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from learner.batch import RLMiniBatch, SequenceBatch
 from learner.config import LearnerConfig, warmup_cosine
 from learner.diagnostics import ControlTokens, control_metrics, control_values, decision_mask, decision_points
-from learner.layout import micro_batches, split_even
+from learner.layout import micro_batches, padding_share, split_even
 from learner.lora import add_adapters, load_weights, merged_weights, save_weights
 from learner.losses import entropy_loss, kl_loss, policy_loss, sft_loss
 from learner.models import atomic_directory, load_policy
@@ -278,7 +278,8 @@ class Learner:
                    for _ in range(self.config.ppo_epochs) for rl in prepared]
         self._release_cache()
         differences = [value for rl in prepared for value in rl.differences]
-        return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control)}
+        return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control),
+                "padding_share": padding_share([part for rl in prepared for part in rl.batch])}
 
     @torch.no_grad()
     def control_probe(self, batch: SequenceBatch) -> dict[str, float]:
@@ -316,7 +317,8 @@ class Learner:
                    for _ in range(self.config.ppo_epochs) for rl, sft in zip(prepared, sft_parts)]
         self._release_cache()
         differences = [value for rl in prepared if rl for value in rl.differences]
-        return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control)}
+        return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control),
+                "padding_share": padding_share([part for rl in prepared if rl for part in rl.batch])}
 
     @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from learner.batch import SequenceBatch
-from learner.layout import micro_batches
+from learner.layout import micro_batches, padding_share
 
 
 def _batch(lengths: list[int]) -> SequenceBatch:
@@ -32,3 +34,12 @@ def test_every_rank_runs_the_same_number_of_micro_batches_and_each_sequence_runs
     seen = sorted(len(ids) for share in shares for part in share for ids, mask in zip(part.token_ids, part.loss_mask)
                   if any(mask))
     assert seen == sorted([400, 8, 390, 9, 10, 11, 12])
+
+
+def test_padding_share_counts_the_padded_positions_and_sorting_by_length_cuts_them():
+    batch = _batch([2, 9, 3, 8])
+    unsorted = micro_batches(batch, 0, 1, max_sequences=2, max_tokens=None, pad_id=0, by_length=False)
+    by_length = micro_batches(batch, 0, 1, max_sequences=2, max_tokens=None, pad_id=0)
+    assert padding_share(unsorted) == pytest.approx(1 - 22 / (2 * 9 + 2 * 8))  # [2, 9] and [3, 8]
+    assert padding_share(by_length) == pytest.approx(1 - 22 / (2 * 3 + 2 * 9))  # [2, 3] and [8, 9]
+    assert padding_share([_batch([5, 5])]) == 0.0
