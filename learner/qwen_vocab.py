@@ -108,8 +108,9 @@ def qwen25_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-TINY_BODY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2}
+# Grouped-query attention as in Qwen2.5; heads of 32 (vLLM's CPU attention has no kernel for 16)
+TINY_BODY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 1}
 # Qwen2.5-1.5B-Instruct's generation_config.json: vLLM reads it from the model directory, so the tiny
 # model carries it too and shows toolrl's sampling ignores it (the rollout sets every parameter itself).
 GENERATION_CONFIG = {"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True,

@@ -134,11 +134,12 @@ def hf_logprobs(model, ids: list[int]) -> torch.Tensor:
 
 
 def scripted_groups(tokenizer) -> list:
-    """Two synth tasks, each a group of the expert's episode (reward 1) and one cut inside its first call."""
+    """Two synth tasks, each a group of the expert's episode (reward 1) and one whose every turn is a call
+    cut inside its JSON (reward 0)."""
     trajectories = []
     for index, task in enumerate(load_tasks("synth", "train", limit=2)):
-        for replies in (None, ['<tool_call>\n{"name": "']):
-            trajectory, _ = scripted_episode(task, tokenizer, replies=replies)
+        for replies, steps in ((None, 8), (['<tool_call>\n{"name": "'] * 10, 1)):
+            trajectory, _ = scripted_episode(task, tokenizer, replies=replies, max_steps_per_turn=steps)
             trajectory.group_id = f"g{index}"
             trajectories.append(trajectory)
     assert [t.reward for t in trajectories] == [1.0, 0.0, 1.0, 0.0]
