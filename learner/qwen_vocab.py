@@ -129,6 +129,7 @@ def qwen25_tokenizer() -> PreTrainedTokenizerFast:
         eos_token="<|im_end|>",  # the instruct model's: a reply ends its turn
         pad_token="<|endoftext|>",
         bos_token=None,
+        # Qwen2.5's list: the special added tokens but <|endoftext|>, which is the pad token
         additional_special_tokens=[token for token, special in ADDED_TOKENS if special][1:],
         chat_template=QWEN25_CHAT_TEMPLATE,
         model_max_length=131_072,
