@@ -159,6 +159,30 @@ def message_start_probability(model, batch, token: int) -> float:
     return sum(values) / len(values)
 
 
+def check_on_vllm(checkpoint: str, saved, sequence: list[int], learner_logprobs: list[float]) -> None:
+    """vLLM loads the checkpoint: its log-probs of ``sequence`` are the learner's; greedy eval episodes run on
+    it, and sampled ones have the log-probs of ``saved`` (the checkpoint in transformers)."""
+    config = RolloutConfig(max_new_tokens=16, max_total_tokens=4096, tool_descriptions=True)
+    worker = RolloutWorker(checkpoint, config, RewardConfig())
+    assert encode(worker.tokenizer, "<tool_call>") == [151_657]  # the checkpoint's tokenizer
+    prompt_logprobs = torch.tensor(worker.engine.prompt_logprobs(sequence))
+    assert (prompt_logprobs - torch.tensor(learner_logprobs[1:])).abs().max() <= 1e-3
+    suite = build_suite("id", EnvConfig(), "hermes", limit=3)
+    requests = [r for group in group_requests(suite.tasks, 1, seed=0, tag="eval", fmt=suite.format) for r in group]
+    by_id = {task.id: task for task in suite.tasks}
+    rows = [episode_row(t, by_id[t.task_id]) for t in worker.run(requests, temperature=0.0)]
+    summary = summarize(rows)["all"]
+    assert summary["tasks"] == 3 and all(row["generated_tokens"] > 0 for row in rows)
+    assert sum(summary[f"structure/{state}"] for state in ("healthy_tool_call", "healthy_response", "polluted",
+                                                           "collapsed")) == pytest.approx(1.0)
+    # sampled at T = 1, the engine's log-probs are the plain model's: Qwen's generation_config.json in the
+    # directory (top_k 20, repetition penalty 1.1) does not reach the rollout
+    for trajectory in worker.run(requests[:2], temperature=1.0):
+        generated = [t for t in range(1, len(trajectory.token_ids)) if trajectory.loss_mask[t]]
+        reference = hf_logprobs(saved, trajectory.token_ids)[[t - 1 for t in generated]]
+        assert (reference - torch.tensor([trajectory.logprobs[t] for t in generated])).abs().max() <= 1e-3
+
+
 def test_grpo_step_checkpoint_vllm_and_eval(qwen_dir, tokenizer, tmp_path):
     batch = rl_batch(scripted_group(tokenizer))
     batch.sampling_logprobs = []  # scripted, not sampled: no weight-sync check
@@ -186,23 +210,10 @@ def test_grpo_step_checkpoint_vllm_and_eval(qwen_dir, tokenizer, tmp_path):
         assert (from_checkpoint - torch.tensor(learner_logprobs[1:])).abs().max() <= 1e-5
     assert (hf_logprobs(model, batch.token_ids[0]) - hf_logprobs(saved, batch.token_ids[0])).abs().max() > 1e-2
 
-    # vLLM loads the checkpoint: its log-probs are the learner's; greedy eval episodes run on it
-    config = RolloutConfig(max_new_tokens=16, max_total_tokens=4096, tool_descriptions=True)
-    worker = RolloutWorker(checkpoint, config, RewardConfig())
-    assert encode(worker.tokenizer, "<tool_call>") == [151_657]  # the checkpoint's tokenizer
-    prompt_logprobs = torch.tensor(worker.engine.prompt_logprobs(batch.token_ids[0]))
-    assert (prompt_logprobs - torch.tensor(trained[0][1:])).abs().max() <= 1e-3
-    suite = build_suite("id", EnvConfig(), "hermes", limit=3)
-    requests = [r for group in group_requests(suite.tasks, 1, seed=0, tag="eval", fmt=suite.format) for r in group]
-    by_id = {task.id: task for task in suite.tasks}
-    rows = [episode_row(t, by_id[t.task_id]) for t in worker.run(requests, temperature=0.0)]
-    summary = summarize(rows)["all"]
-    assert summary["tasks"] == 3 and all(row["generated_tokens"] > 0 for row in rows)
-    assert sum(summary[f"structure/{state}"] for state in ("healthy_tool_call", "healthy_response", "polluted",
-                                                           "collapsed")) == pytest.approx(1.0)
-    # sampled at T = 1, the engine's log-probs are the plain model's: Qwen's generation_config.json in the
-    # directory (top_k 20, repetition penalty 1.1) does not reach the rollout
-    for trajectory in worker.run(requests[:2], temperature=1.0):
-        generated = [t for t in range(1, len(trajectory.token_ids)) if trajectory.loss_mask[t]]
-        reference = hf_logprobs(saved, trajectory.token_ids)[[t - 1 for t in generated]]
-        assert (reference - torch.tensor([trajectory.logprobs[t] for t in generated])).abs().max() <= 1e-3
+    try:
+        check_on_vllm(checkpoint, saved, batch.token_ids[0], trained[0])
+    finally:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()  # the engine's process group: the next file's in-process Learner needs it gone
+    assert not dist.is_initialized()
