@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from learner.models import atomic_directory
+from rollout.chat import TOOL_RESPONSES_THEN_MESSAGES
 
 QWEN_VOCAB_SIZE = 151_936  # Qwen2.5's config: the embedding has rows past its 151,665 tokens
 FIRST_ADDED_ID = 151_643
@@ -68,15 +69,7 @@ QWEN25_CHAT_TEMPLATE = (
     "+ '}\\n</tool_call>' }}"
     "{%- endfor %}"
     "{{- '<|im_end|>\\n' }}"
-    "{%- elif message.role == 'tool' %}"
-    "{%- if loop.first or loop.previtem.role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
-    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
-    "{%- if loop.last or loop.nextitem.role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    "{%- elif message.role == 'tool' %}" + TOOL_RESPONSES_THEN_MESSAGES
 )
 
 

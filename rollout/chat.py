@@ -25,15 +25,9 @@ def _hermes_system_template() -> str:
     return f"{json.dumps(head)} + {tool_lines} + {json.dumps(closing + tail)}"
 
 
-# Qwen2.5's layout. ``tools`` only matters without a system message: toolrl's formats write the tool text
-# into the system message themselves, so an explicit one always wins. Newlines are '\n' inside expressions
-# because trim_blocks/lstrip_blocks (which transformers enables) would otherwise eat literal ones.
-CHAT_TEMPLATE = (
-    "{%- if tools and messages[0].role != 'system' %}"
-    "{{- '<|im_start|>system\\n' + " + _hermes_system_template() + " + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role == 'tool' %}"
+# A template's body after its ``message.role == 'tool'`` test, in Qwen2.5's layout: consecutive tool messages
+# share one user message of <tool_response> blocks, any other message is plain, then the generation prompt.
+TOOL_RESPONSES_THEN_MESSAGES = (
     "{%- if loop.first or loop.previtem.role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
     "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
     "{%- if loop.last or loop.nextitem.role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
@@ -42,6 +36,18 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+# Qwen2.5's layout. ``tools`` only matters without a system message: toolrl's formats write the tool text
+# into the system message themselves, so an explicit one always wins. Newlines are '\n' inside expressions
+# because trim_blocks/lstrip_blocks (which transformers enables) would otherwise eat literal ones.
+CHAT_TEMPLATE = (
+    "{%- if tools and messages[0].role != 'system' %}"
+    "{{- '<|im_start|>system\\n' + " + _hermes_system_template() + " + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'tool' %}" + TOOL_RESPONSES_THEN_MESSAGES
 )
 
 
