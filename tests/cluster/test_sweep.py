@@ -49,11 +49,11 @@ def test_supervision_table_samples_as_many_episodes_per_row(tmp_path):
 def test_the_paper_preset_gives_the_scattered_rows_more_seeds(tmp_path):
     runs = plan(load_preset("paper"), tmp_path)
     seeds = {name: sorted(r.seed for r in runs if r.configuration == name) for name in {r.configuration for r in runs}}
-    scattered = {"rl", "interleaved_expert", "interleaved_erroneous", "interleaved_reflection", "adaptive"}
-    assert seeds == {name: list(range(7 if name in scattered else 3)) for name in seeds} and len(seeds) == 10
-    assert [(r.configuration, r.seed) for r in runs[-5:]] == [(name, 6) for name in (
-        "rl", "interleaved_expert", "interleaved_erroneous", "interleaved_reflection", "adaptive")]  # seed-major
-    assert len(plan(load_preset("paper"), tmp_path, seeds=2)) == 5 * 7 + 5 * 2  # --seeds: the other rows' count
+    counts = {"rl": 7, "interleaved_expert": 7, "interleaved_erroneous": 7, "interleaved_reflection": 7, "adaptive": 10}
+    assert seeds == {name: list(range(counts.get(name, 3))) for name in seeds} and len(seeds) == 10
+    assert [(r.configuration, r.seed) for r in runs[-8:]] == [(name, 6) for name in (  # seed-major
+        "rl", "interleaved_expert", "interleaved_erroneous", "interleaved_reflection", "adaptive")] + [("adaptive", s) for s in (7, 8, 9)]
+    assert len(plan(load_preset("paper"), tmp_path, seeds=2)) == 4 * 7 + 10 + 5 * 2  # --seeds: the other rows' count
 
 
 def test_collapse_repair_runs_every_rl_at_the_collapsing_lr_and_sft_gently(tmp_path):
