@@ -8,20 +8,30 @@ from learner.bootstrap import build_default_model
 
 # `make test` runs pytest in two workers (`-n 2`); a group of files runs in one worker, file after file.
 # "ray": the tests on this session's Ray, so that a run finds the shared actors of an earlier run with the
-# same ``actor_key`` alive, and the actors of two tests never hold memory at once. "in_process_torch": the
-# files that start torch.distributed in the pytest process (in-process Learners and in-process vLLM engines:
-# a Learner started while an engine holds the default process group fails, "process group twice", as it
-# did when a module-scoped engine stayed alive across other files' tests), in the order a serial run has them.
-# Any other file is a group of its own. (xdist's own xdist_group marks do not group under pytest 9.)
+# same ``actor_key`` alive, and the actors of two tests never hold memory at once (two Ray sessions in the
+# two workers, each with engines and learners, made every test in them ~2x slower: 15 min for the suite
+# instead of 10.7). "in_process_torch": the files that start torch.distributed in the pytest process
+# (in-process Learners and in-process vLLM engines: a Learner started while an engine holds the default
+# process group fails, "process group twice", as it did when a module-scoped engine stayed alive across
+# other files' tests), in the order a serial run has them. Any other file is a group of its own. (xdist's
+# own xdist_group marks do not group under pytest 9.) The "ray" group takes ~60 % of the suite and goes
+# first (xdist queues groups by test count: it has the most); a worker takes another group only when its
+# current one is nearly done, so the other worker runs every other group meanwhile.
 GROUPS = {
-    **dict.fromkeys(["tests/cluster/test_scheduler.py", "tests/cluster/test_sweep.py", "tests/rollout/test_evaluate.py",
-                     "tests/supervision/test_adaptive.py", "tests/supervision/test_preset_runs.py",
-                     "tests/test_launch.py", "tests/cluster/test_placement.py", "tests/rollout/test_pool.py"], "ray"),
+    **dict.fromkeys(["tests/cluster/test_scheduler.py", "tests/cluster/test_recovery.py", "tests/cluster/test_sweep.py",
+                     "tests/rollout/test_evaluate.py", "tests/supervision/test_adaptive.py",
+                     "tests/supervision/test_preset_runs.py", "tests/test_launch.py", "tests/cluster/test_placement.py",
+                     "tests/rollout/test_pool.py"], "ray"),
     **dict.fromkeys(["tests/cluster/test_checkpoints.py", "tests/learner/test_bootstrap.py",
                      "tests/learner/test_diagnostics.py", "tests/learner/test_lora.py", "tests/learner/test_qwen_vocab.py",
                      "tests/learner/test_rank.py",
                      "tests/rollout/test_engine.py", "tests/rollout/test_worker.py"], "in_process_torch"),
 }
+
+
+def _group(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return GROUPS.get(path, path)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -30,8 +40,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FileGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::")[0]
-            return GROUPS.get(path, path)
+            return _group(nodeid)
 
     return FileGroups(config, log)
 

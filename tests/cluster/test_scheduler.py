@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import random
 import shutil
 
 import pytest
@@ -11,25 +9,7 @@ import torch
 
 from cluster.config import load_config
 from learner.models import BASE_POLICY
-from tests.chaos import kill, kill_after
-
-
-def _config(model: str, run_dir, *extra: str):
-    return load_config(None, [
-        f"trainer.model={model}", f"trainer.run_dir={run_dir}", "trainer.total_steps=3", "trainer.tasks_per_step=2",
-        "trainer.eval_every=3", "trainer.eval_tasks=4", "trainer.ood_eval_tasks=4", "trainer.save_every=1", "rollout.group_size=2",
-        "rollout.max_new_tokens=24", "learner.lr=1e-3",
-        # a random policy earns no reward, so advantages are zero: the entropy bonus makes the update real
-        # (and the flat groups must stay in the batch for it)
-        "learner.entropy_coef=0.05", "learner.skip_flat_groups=false",
-        # a random policy has no informative group to draw for; updates at full lr from the first
-        "trainer.dynamic_sampling.enabled=false", "learner.warmup_steps=0",
-        "rollout.workers=2", *extra,  # each step's groups are shared by two engines
-    ])
-
-
-def _logged(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from tests.cluster.short_runs import comparable, logged, short_config
 
 
 @pytest.mark.slow
@@ -41,7 +21,7 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
     from rollout.envs import load_tasks
 
     run_dir = tmp_path / "run"
-    scheduler = scheduler_on(_config(tiny_model_dir, run_dir))
+    scheduler = scheduler_on(short_config(tiny_model_dir, run_dir))
     steps = [scheduler.train_step() for _ in range(3)]
     assert [m["step"] for m in steps] == [1, 2, 3] and "eval/success" in steps[2]
     # every step updated, and its rollouts were sampled with the learner's current weights (synced after the last update)
@@ -74,8 +54,7 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
     scheduler.close()
 
     # the run directory: metrics for 3 steps (+ the step-0 eval is absent: not requested), a loadable checkpoint
-    logged = _logged(run_dir)
-    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert [r["step"] for r in logged(run_dir)] == [1, 2, 3]
     assert (run_dir / "config.yaml").exists() and len(list((run_dir / "samples").iterdir())) == 3
     assert list((run_dir / "tensorboard").iterdir())
     latest = latest_checkpoint(run_dir / "checkpoints")
@@ -83,93 +62,6 @@ def test_three_steps_update_weights_and_sync_them_to_two_rollout_workers(schedul
     model, _ = load_policy(latest)
     changed = any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), initial.state_dict().values()))
     assert changed
-
-
-@pytest.mark.slow
-def test_resumed_chaos_and_scaled_runs_repeat_the_uninterrupted_run(actors, scheduler_on, tiny_model_dir, tmp_path,
-                                                                     capsys):
-    import ray
-
-    from cluster.checkpoints import RunDirectoryError
-    from cluster.elastic import start_scheduler
-    from launch import main
-
-    def run(run_dir, steps: int, *extra: str) -> None:
-        scheduler = scheduler_on(_config(tiny_model_dir, run_dir, "trainer.eval_every=0", *extra))
-        for _ in range(steps):
-            scheduler.train_step()
-        scheduler.close()
-
-    # interleaved erroneous supervision (RL, RL, SFT on the failures of the RL steps): the resumed run must
-    # also restore the failure buffer and the schedule
-    interleaved = ("supervision.mode=interleaved", "supervision.signals=[erroneous]",
-                   "supervision.interleaved.rl_steps=2", "supervision.interleaved.sft_steps=1",
-                   "supervision.interleaved.sft_batch_size=4")
-    run(tmp_path / "straight", 3, *interleaved)
-    run(tmp_path / "resumed", 2, *interleaved)
-    with pytest.raises(RunDirectoryError, match="trainer.resume=true"):
-        run(tmp_path / "resumed", 1, *interleaved)
-    run(tmp_path / "resumed", 1, "trainer.resume=true", *interleaved)
-
-    # chaos: a rollout worker killed (SIGKILL) at a seeded random moment of every step (sampling, the update, the
-    # sync: wherever it falls), and the learner rank once, after step 1 and before any checkpoint (save_every=2):
-    # the workers' calls are replayed, new learner ranks start from the model files, steps 1 and 2 run again
-    scheduler = scheduler_on(_config(tiny_model_dir, tmp_path / "killed", "trainer.eval_every=0", "trainer.save_every=2",
-                                     *interleaved))
-    moments, restarts = random.Random(0), sum(scheduler.pool.restarts)
-
-    def step_under_fire(index: int) -> int:
-        timer = kill_after(scheduler.pool.workers[index % 2], moments.uniform(0.0, 4.0))
-        step = scheduler.train_step()["step"]
-        timer.join()
-        return step
-
-    assert step_under_fire(0) == 1
-    old_ranks = scheduler.learners.ranks
-    kill(old_ranks[0])
-    assert [step_under_fire(index) for index in (1, 2, 3)] == [1, 2, 3]  # step 1 replayed, then 2 and 3
-    scheduler.pool.gpu_ids()  # a worker killed after the last step's last call is brought back here
-    scheduler.close()
-    assert scheduler.failures == 1 and scheduler.learners.ranks != old_ranks
-    assert sum(scheduler.pool.restarts) - restarts == 4
-
-    # scaled: ``launch.py scale`` to 3 rollout workers after step 1 and back to 2 after step 2 of a running train
-    config = _config(tiny_model_dir, tmp_path / "scaled", "trainer.eval_every=0", *interleaved)
-    scaled = start_scheduler(config, *actors(config))
-    try:
-        for workers in (3, 2):
-            ray.get(scaled.train_step.remote())
-            assert main(["scale", str(tmp_path / "scaled"), "--rollout-workers", str(workers)]) == 0
-        ray.get(scaled.train_step.remote())
-        ray.get(scaled.close.remote())
-    finally:
-        ray.kill(scaled)
-    assert capsys.readouterr().out.splitlines()[-2:] == ["rollout workers 2 → 3 from step 2",
-                                                        "rollout workers 3 → 2 from step 3"]
-    assert main(["scale", str(tmp_path / "scaled"), "--rollout-workers", "2"]) == 2  # it is no longer training
-    assert "no run is training into" in capsys.readouterr().err
-    assert main(["scale", str(tmp_path / "straight"), "--rollout-workers", "2"]) == 2  # not started by launch.py
-    assert "has no ray_address" in capsys.readouterr().err
-
-    straight = _comparable(tmp_path / "straight")
-    assert straight == _comparable(tmp_path / "resumed") == _comparable(tmp_path / "killed")
-    samples = {run: [p.read_text() for p in sorted((tmp_path / run / "samples").glob("*.txt"))]
-               for run in ("straight", "resumed", "killed", "scaled")}  # the sampled episodes, as text
-    assert len(samples["straight"]) == 2 and all(texts == samples["straight"] for texts in samples.values())
-    assert [r["update/sft"] for r in straight] == [0.0, 0.0, 1.0] and straight[2]["supervision/sft_samples/erroneous"] == 4
-    # the worker count changes no sample (episodes carry their seeds); the engines' own logprobs move in float
-    # noise only: a batch of another shape computes them in other matmul shapes
-    engine_logprobs = ("rollout_logprob_diff", "rollout_logprob_diff_max")
-    scaled_logged = _comparable(tmp_path / "scaled")
-    assert [{k: v for k, v in r.items() if k not in engine_logprobs} for r in scaled_logged] == \
-        [{k: v for k, v in r.items() if k not in engine_logprobs} for r in straight]
-    assert [[r[k] for k in engine_logprobs if k in r] for r in scaled_logged] == [
-        pytest.approx([r[k] for k in engine_logprobs if k in r], abs=1e-5) for r in straight]  # none in the SFT step
-
-
-def _comparable(run_dir) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "tokens_per_s", "wall_s"))}
-            for r in _logged(run_dir)]
 
 
 @pytest.mark.slow
@@ -181,8 +73,8 @@ def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(actors, tin
     from cluster.sweep import actor_key
 
     def run(run_dir, *extra: str, fresh: bool = False) -> Scheduler:
-        config = _config(tiny_model_dir, run_dir, "trainer.total_steps=2", "trainer.eval_every=2", "rollout.workers=1",
-                         *extra)
+        config = short_config(tiny_model_dir, run_dir, "trainer.total_steps=2", "trainer.eval_every=2", "rollout.workers=1",
+                              *extra)
         scheduler = Scheduler(config, *actors(config, fresh=fresh))
         for _ in range(2):
             scheduler.train_step()
@@ -196,13 +88,13 @@ def test_a_run_on_the_actors_of_another_run_repeats_a_run_on_its_own(actors, tin
               "env.reward.shaping=turn_fraction")
     assert actor_key(alone.config) == actor_key(run(tmp_path / "before", *before).config)
     run(tmp_path / "after")
-    logged = _comparable(tmp_path / "alone")
-    assert _comparable(tmp_path / "after") == logged
-    first = _comparable(tmp_path / "before")[0]
-    assert first["lr"] != logged[0]["lr"] and "eval/success" in logged[1]
+    alone_logged = comparable(tmp_path / "alone")
+    assert comparable(tmp_path / "after") == alone_logged
+    first = comparable(tmp_path / "before")[0]
+    assert first["lr"] != alone_logged[0]["lr"] and "eval/success" in alone_logged[1]
     # the engines sampled each run with its own message length: a random policy fills every message
     assert first["response_tokens"] / first["turns_per_episode"] == 8
-    assert logged[0]["response_tokens"] / logged[0]["turns_per_episode"] == 24
+    assert alone_logged[0]["response_tokens"] / alone_logged[0]["turns_per_episode"] == 24
 
 
 @pytest.mark.slow
@@ -263,4 +155,4 @@ def test_dynamic_sampling_draws_until_a_group_is_informative_and_resumes_exactly
     scheduler = scheduler_on(config(resumed, "trainer.resume=true"))
     assert scheduler.train_step()["step"] == 2
     scheduler.close()
-    assert _comparable(resumed) == _comparable(tmp_path / "straight")
+    assert comparable(resumed) == comparable(tmp_path / "straight")
