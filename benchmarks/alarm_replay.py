@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cluster.comparison import first_broken_step, run_records
+from cluster.comparison import broken_share, first_broken_step, run_records
 from supervision.alarm import Alarm
 from supervision.config import AlarmConfig, WatchedMetric
 
@@ -23,11 +23,13 @@ from supervision.config import AlarmConfig, WatchedMetric
 GRAMMAR = {"control/call_key/argument_key/mean": WatchedMetric(threshold=0.1, min_jump=0.05),
            "control/value_end/colon/mean": WatchedMetric(threshold=0.1, min_jump=0.05)}
 WATCH = AlarmConfig().watch
+BEFORE = {k: v for k, v in WATCH.items() if k != "broken_share"}  # the default before broken_share joined it
 CANDIDATES = {
     "default": WATCH,
     "default+grammar": {**WATCH, **GRAMMAR},
     "grammar": GRAMMAR,
-    "without polluted": {k: v for k, v in WATCH.items() if k != "structure/polluted"},
+    "no broken_share": BEFORE,
+    "no polluted": {k: v for k, v in BEFORE.items() if k != "structure/polluted"},
 }
 
 
@@ -46,7 +48,8 @@ def main() -> None:
     print("run".ljust(36), "broken at", *(name.rjust(18) for name in CANDIDATES))
     collapsing = 0
     for run in runs:
-        records = [r for r in run_records(run) if "structure/collapsed" in r]  # training steps only
+        # training steps only; broken_share as it would have been logged where a run predates it
+        records = [{"broken_share": broken_share(r), **r} for r in run_records(run) if "structure/collapsed" in r]
         collapsed = first_broken_step(records)
         collapsing += collapsed is not None
         fired = {name: first_fired(records, watch) for name, watch in CANDIDATES.items()}

@@ -38,7 +38,10 @@ WALL_FILE = "sweep_wall.json"
 
 
 def broken_share(record: dict) -> float | None:
-    """The share of a step's sampled messages that were collapsed or polluted (None: the step sampled none)."""
+    """The share of a step's sampled messages that were collapsed or polluted (None: the step sampled none);
+    from the two shares where a step's metrics predate ``broken_share`` (the committed sweep logs)."""
+    if "broken_share" in record:
+        return record["broken_share"]
     shares = [record[key] for key in ("structure/collapsed", "structure/polluted") if key in record]
     return sum(shares) if shares else None
 

@@ -16,6 +16,7 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     reward = sum(t.reward for t in trajectories) / n
     messages = sum(m["role"] == "assistant" for t in trajectories for m in t.messages)
     calls = sum(len(step) for t in trajectories for turn in t.calls for step in turn)
+    shares = structure_shares(trajectories)
     return {
         "reward": reward,
         # a collapsing reward spread is an early warning (RAGEN): GRPO's advantages vanish with it
@@ -28,7 +29,9 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
         "flat_group_share": sum(len({trajectories[i].reward for i in members}) == 1 for members in groups) / len(groups),
         "turns_per_episode": messages / n,  # assistant messages per episode
         "tool_calls_per_message": calls / max(messages, 1),
-        **{f"structure/{state}": share for state, share in structure_shares(trajectories).items()},
+        **{f"structure/{state}": share for state, share in shares.items()},
+        # a run can break half collapsed and half polluted, each share under its alarm threshold
+        "broken_share": shares["collapsed"] + shares["polluted"],
     }
 
 

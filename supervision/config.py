@@ -177,11 +177,14 @@ def _default_watch() -> dict[str, WatchedMetric]:
     # max_new_tokens puts p ~ 1 at many call_open positions, so that metric is high in healthy steps too.
     # structure/polluted: from the headroom default, RL at lr 1e-3 collapses into calls in another syntax
     # (python lists in hermes episodes), polluted, not collapsed. The thresholds sit between healthy and
-    # collapsed runs (measurements: docs/supervision.md, Alarm).
+    # collapsed runs (measurements: docs/supervision.md, Alarm). broken_share (their sum): one run of the
+    # paper sweep sat at ~25 % collapsed + ~25 % polluted for six steps, under both thresholds
+    # (docs/paper-results.md, the alarm's default watch).
     return {
         "control/call_open/im_end/max": WatchedMetric(threshold=0.5, min_jump=0.2),
         "structure/collapsed": WatchedMetric(threshold=0.3, min_jump=0.1),
         "structure/polluted": WatchedMetric(threshold=0.3, min_jump=0.1),
+        "broken_share": WatchedMetric(threshold=0.3, min_jump=0.1),
     }
 
 

@@ -62,11 +62,12 @@ def test_rollout_metrics_of_two_groups_match_the_values_computed_by_hand():
         "structure/healthy_response": 0.2,  # a's "Done."
         "structure/polluted": 0.2,  # c
         "structure/collapsed": 0.4,  # b and d
+        "broken_share": 0.6,  # b, c and d
     })
     assert list(metrics) == ["reward", "reward_std", "success", "parse_error_rate", "truncated_rate",
                              "response_tokens", "flat_group_share", "turns_per_episode", "tool_calls_per_message",
                              "structure/healthy_tool_call", "structure/healthy_response", "structure/polluted",
-                             "structure/collapsed"]
+                             "structure/collapsed", "broken_share"]
 
 
 def test_flat_group_share_counts_groups_not_episodes():
