@@ -16,7 +16,8 @@ from learner.bootstrap import build_default_model
 GROUPS = {
     **dict.fromkeys(["tests/cluster/test_scheduler.py", "tests/cluster/test_sweep.py", "tests/rollout/test_evaluate.py",
                      "tests/supervision/test_adaptive.py", "tests/supervision/test_preset_runs.py",
-                     "tests/test_launch.py", "tests/cluster/test_placement.py", "tests/rollout/test_pool.py"], "ray"),
+                     "tests/test_launch.py", "tests/cluster/test_placement.py", "tests/rollout/test_pool.py",
+                     "tests/cluster/test_pipeline.py"], "ray"),
     **dict.fromkeys(["tests/cluster/test_checkpoints.py", "tests/learner/test_bootstrap.py",
                      "tests/learner/test_diagnostics.py", "tests/learner/test_lora.py", "tests/learner/test_qwen_vocab.py",
                      "tests/learner/test_rank.py",
