@@ -1,7 +1,8 @@
 """The Scheduler: owns the RolloutWorker pool and the Learner group, and runs the training loop.
 
 One ``train_step`` is the five phases of the design — sample → supervise → update → sync → observe —
-then the periodic eval and checkpoint, each timed. The class runs as a Ray actor under ``launch.py train`` (the driver only renders progress)
+then the periodic eval and checkpoint, each timed. With ``trainer.pipeline: one_step_off`` the next step's
+batch is sampled during the update (cluster/pipeline.py). The class runs as a Ray actor under ``launch.py train`` (the driver only renders progress)
 or in-process in tests; it is the same code either way.
 """
 
