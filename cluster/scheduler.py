@@ -2,8 +2,8 @@
 
 One ``train_step`` is the five phases of the design — sample → supervise → update → sync → observe —
 then the periodic eval and checkpoint, each timed. With ``trainer.pipeline: one_step_off`` the next step's
-batch is sampled during the update (cluster/pipeline.py). The class runs as a Ray actor under ``launch.py train`` (the driver only renders progress)
-or in-process in tests; it is the same code either way.
+batch is sampled during the update (cluster/pipeline.py). The class runs as a Ray actor under ``launch.py
+train`` (the driver only renders progress) or in-process in tests; it is the same code either way.
 """
 
 from __future__ import annotations
