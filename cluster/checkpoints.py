@@ -14,10 +14,16 @@ class RunDirectoryError(ValueError):
     """The run directory holds another run; the message says how to resume or start elsewhere."""
 
 
-def save_checkpoint(learners, directory: Path, step: int, run_state: dict, keep: int) -> Path:
-    """``learners.save`` writes atomically; the ``latest`` pointer moves only once that has finished."""
+def save_checkpoint(learners, directory: Path, step: int, run_state: dict, keep: int,
+                    files: dict[str, bytes] | None = None) -> Path:
+    """``learners.save`` writes atomically, then ``files`` (name → bytes) go beside it; the ``latest``
+    pointer moves only once all that has finished."""
     name = f"step_{step:06d}"
     learners.save(str(directory / name), run_state)
+    for file, data in (files or {}).items():
+        staging = directory / name / f".{file}.tmp"
+        staging.write_bytes(data)
+        staging.replace(directory / name / file)
     pointer = directory / f".{LATEST}.tmp"
     pointer.write_text(name + "\n")
     pointer.replace(directory / LATEST)

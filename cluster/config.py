@@ -70,6 +70,12 @@ class TrainerConfig(BaseModel):
                          "mlflow); the run is called name.")
     samples_per_step: int = Field(2, ge=0, description="Trajectories per step written as text to samples/.")
     seed: int = Field(0, description="Seed of task order and rollout sampling.")
+    pipeline: Literal["sync", "one_step_off"] = Field(
+        "sync", description="sync: each step samples with the weights of the step before. one_step_off: the "
+        "engines sample step t+1's batch with the weights of step t-1 while the learner trains on step t's, so "
+        "every batch is one update stale (pipeline/staleness) and its tokens are importance-weighted "
+        "(learner.behaviour_importance_cap). Needs supervision.mode none and engines awake during the update.",
+    )
 
     @field_validator("eval_suites", "loggers")
     @classmethod
@@ -101,6 +107,19 @@ class ToolRLConfig(BaseModel):
     supervision: SupervisionConfig = Field(default_factory=SupervisionConfig,
                                            description="Supervision signals and how SFT mixes into RL.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Where the actors run.")
+
+    @model_validator(mode="after")
+    def _pipeline_fits(self) -> ToolRLConfig:
+        if self.trainer.pipeline == "one_step_off":
+            # SFT and combined steps draw from the supervisor's failure buffer in the supervise phase, and
+            # mode adaptive reloads older weights: neither is defined for a batch sampled a step ahead
+            if self.supervision.mode != "none":
+                raise ValueError(f"trainer.pipeline one_step_off trains RL steps only: supervision.mode must be "
+                                 f"none (got {self.supervision.mode!r})")
+            if self.rollout.sleep_during_update:
+                raise ValueError("trainer.pipeline one_step_off samples during the update: set "
+                                 "rollout.sleep_during_update=false")
+        return self
 
     @model_validator(mode="after")
     def _placement_fits(self) -> ToolRLConfig:

@@ -44,8 +44,12 @@ def step_metrics(kind: StepKind, drawn: Draws, supervision: dict[str, float], le
             "update/skipped": float(not updated), "diagnostics/probed": float(probed)}
 
 
-def time_metrics(timings: dict[str, float], trained_tokens: int) -> dict[str, float]:
-    """Seconds per phase and for the whole step, and the learner's throughput during the update."""
-    return {**{f"time/{phase}_s": seconds for phase, seconds in timings.items()},
-            "time/step_s": sum(timings.values()),
+def time_metrics(timings: dict[str, float], trained_tokens: int, overlap: float | None = None) -> dict[str, float]:
+    """Seconds per phase and for the whole step, and the learner's throughput during the update.
+
+    ``overlap``: seconds two phases ran at once (trainer.pipeline one_step_off: the update and the next
+    step's sampling), counted once in the step's seconds."""
+    overlapped = {"time/overlap_s": overlap} if overlap is not None else {}
+    return {**{f"time/{phase}_s": seconds for phase, seconds in timings.items()}, **overlapped,
+            "time/step_s": sum(timings.values()) - (overlap or 0.0),
             "tokens_per_s/learner": trained_tokens / max(timings["update"], 1e-9)}

@@ -1,8 +1,9 @@
 """The Scheduler: owns the RolloutWorker pool and the Learner group, and runs the training loop.
 
 One ``train_step`` is the five phases of the design — sample → supervise → update → sync → observe —
-then the periodic eval and checkpoint, each timed. The class runs as a Ray actor under ``launch.py train`` (the driver only renders progress)
-or in-process in tests; it is the same code either way.
+then the periodic eval and checkpoint, each timed. With ``trainer.pipeline: one_step_off`` the next step's
+batch is sampled during the update (cluster/pipeline.py). The class runs as a Ray actor under ``launch.py
+train`` (the driver only renders progress) or in-process in tests; it is the same code either way.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from cluster.checkpoints import checkpoint_before, checkpoint_to_resume, latest_checkpoint, save_checkpoint
+from cluster.checkpoints import (
+    RunDirectoryError,
+    checkpoint_before,
+    checkpoint_to_resume,
+    latest_checkpoint,
+    save_checkpoint,
+)
 from cluster.config import ToolRLConfig, dump_config
 from cluster.metrics import step_metrics, time_metrics
+from cluster.pipeline import OneStepOff
 from cluster.placement import start_actors
 from cluster.sampling import Draws, TaskSampler, draw_informative
 from cluster.trackers import Trackers
@@ -84,12 +92,20 @@ class Scheduler:
         self.supervisor = Supervisor(config, load_tokenizer(self.model_path), self.tasks, self.run_dir)
         self.alarm = Alarm(config.supervision.alarm)
         self.adaptive = AdaptiveState()  # mode adaptive: SFT steps owed after an alarm, RL lr factor
+        # trainer.pipeline one_step_off: the batch sampled ahead and the weights' version (None: synchronous)
+        self.pipeline = (OneStepOff(self._sample, config.learner.behaviour_importance_cap)
+                         if config.trainer.pipeline == "one_step_off" else None)
         self.step = 0
         if checkpoint is not None:
             state = self.learners.load(str(checkpoint))
             self.step = state["step"]
             self.sampler.restore(state["sampler"])
             self.supervisor.restore(state["supervision"])
+            if "pipeline" in state:
+                if self.pipeline is None:  # its sampler is past a batch sampled ahead, which sync would skip
+                    raise RunDirectoryError(f"{checkpoint} was written by a run with trainer.pipeline=one_step_off: "
+                                            "resume it with the same setting")
+                self.pipeline.restore(state["pipeline"], checkpoint)
             if "alarm" in state:  # checkpoints written before the alarm existed start it afresh
                 self.alarm.restore(state["alarm"])
                 self.adaptive.restore(state["adaptive"])
@@ -125,17 +141,26 @@ class Scheduler:
         # sample: G episodes for each drawn task, with further draws under dynamic sampling; an SFT step
         # samples nothing
         with _timed(timings, "sample"):
-            drawn = self._sample() if kind != StepKind.SFT else Draws()
+            if self.pipeline is not None:  # RL steps only (the config allows no other kind)
+                drawn = self.pipeline.draws(self.step)
+            else:
+                drawn = self._sample(self.step) if kind != StepKind.SFT else Draws()
             trajectories = drawn.trajectories
         # supervise: strip hints, put ground truth into groups, collect failures; draw this step's SFT data
         with _timed(timings, "supervise"):
             batch, supervision_metrics = (self.supervisor.transform(trajectories, drawn.tasks, drawn.train_groups)
                                           if trajectories else (None, {}))
             sft, sft_counts = self._sft_batch(kind)
-        # update: GRPO, SFT, or one step on L_rl + λ·L_sft (old logprobs recomputed under the current weights)
-        with _timed(timings, "update"), self.pool.asleep():
+            if self.pipeline is not None:
+                self.pipeline.weigh(batch)
+        # update: GRPO, SFT, or one step on L_rl + λ·L_sft (old logprobs recomputed under the current weights);
+        # one_step_off: the next step's batch is sampled meanwhile
+        last = self.step == trainer.total_steps
+        with self._update_phase(timings, last):
             learner_metrics = self._update(kind, batch, sft)
         updated = bool(learner_metrics)
+        if self.pipeline is not None:
+            self.pipeline.updated(updated)
         # sync: the new weights into every engine, in place (nothing to sync when no update ran)
         with _timed(timings, "sync"):
             if updated:
@@ -143,8 +168,9 @@ class Scheduler:
         # observe: metrics, the alarm (and mode adaptive's reaction to it), samples
         with _timed(timings, "observe"):
             metrics = self._observe(kind, drawn, {**supervision_metrics, **sft_counts}, learner_metrics, updated)
+            if self.pipeline is not None:
+                metrics.update(self.pipeline.metrics())
         # periodic eval and checkpoint, timed apart: they take far longer than observing, on some steps only
-        last = self.step == trainer.total_steps
         with _timed(timings, "eval"):
             if trainer.eval_every and (self.step % trainer.eval_every == 0 or last):
                 metrics.update(self.evaluate())
@@ -152,9 +178,20 @@ class Scheduler:
             if last or (trainer.save_every and self.step % trainer.save_every == 0):
                 self.save()
         trained_tokens = (batch.tokens() if batch and kind != StepKind.SFT else 0) + (sft.tokens() if sft else 0)
-        metrics.update(time_metrics(timings, trained_tokens))
+        metrics.update(time_metrics(timings, trained_tokens, None if self.pipeline is None else self.pipeline.overlap_s))
         self._log(metrics)
         return {"step": self.step, **metrics}
+
+    @contextmanager
+    def _update_phase(self, timings: dict[str, float], last: bool):
+        """The update's surroundings: synchronous, the engines asleep (rollout.sleep_during_update; a no-op
+        without it); one_step_off, the next step's batch sampled (none after the last step)."""
+        if self.pipeline is None:
+            with _timed(timings, "update"), self.pool.asleep():
+                yield
+        else:
+            with self.pipeline.sampling_ahead(None if last else self.step + 1, timings), _timed(timings, "update"):
+                yield
 
     def _sft_batch(self, kind: StepKind) -> tuple[SequenceBatch | None, dict[str, float]]:
         """This step's SFT data, as many sequences as the mode's sft_batch_size (none for an RL step)."""
@@ -181,16 +218,16 @@ class Scheduler:
         self._write_samples(trajectories)
         return metrics
 
-    def _sample(self) -> Draws:
-        """This step's groups (hints go into some prompts). Seeds and group ids derive from the step and the
-        draw, so a resumed run repeats every draw; draw 0 is the step's only draw without dynamic sampling."""
+    def _sample(self, step: int) -> Draws:
+        """Step ``step``'s groups (hints go into some prompts). Seeds and group ids derive from the step and
+        the draw, so a resumed run repeats every draw; draw 0 is the step's only draw without dynamic sampling."""
         trainer, group_size = self.config.trainer, self.config.rollout.group_size
 
         def roll(draw: int) -> tuple[list, list[Trajectory]]:
             tasks = self.sampler.draw(trainer.tasks_per_step)
             # a draw's episodes continue the step's seed numbering after the previous draw's
-            seed = trainer.seed * 1_000_000_007 + self.step * 100_003 + draw * trainer.tasks_per_step * group_size
-            tag = f"s{self.step}:" if draw == 0 else f"s{self.step}d{draw}:"
+            seed = trainer.seed * 1_000_000_007 + step * 100_003 + draw * trainer.tasks_per_step * group_size
+            tag = f"s{step}:" if draw == 0 else f"s{step}d{draw}:"
             groups = group_requests(tasks, group_size, seed, tag=tag)
             return tasks, self.pool.run_groups(self.supervisor.decorate(groups))
 
@@ -285,10 +322,12 @@ class Scheduler:
         (directory / f"step_{self.step:06d}.txt").write_text("\n".join(render_trajectory(t) for t in picked))
 
     def save(self) -> Path:
-        return save_checkpoint(self.learners, self.run_dir / "checkpoints", self.step,
-                               {"step": self.step, "sampler": self.sampler.state(), "supervision": self.supervisor.state(),
-                                "alarm": self.alarm.state(), "adaptive": self.adaptive.state()},
-                               self.config.trainer.keep_checkpoints)
+        state = {"step": self.step, "sampler": self.sampler.state(), "supervision": self.supervisor.state(),
+                 "alarm": self.alarm.state(), "adaptive": self.adaptive.state()}
+        if self.pipeline is not None:
+            state["pipeline"] = self.pipeline.state()
+        return save_checkpoint(self.learners, self.run_dir / "checkpoints", self.step, state,
+                               self.config.trainer.keep_checkpoints, self.pipeline.files() if self.pipeline else {})
 
     def close(self) -> None:
         self.trackers.close()

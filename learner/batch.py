@@ -43,6 +43,9 @@ class SequenceBatch:
     origins: list[Origin] = field(default_factory=list)
     shaped_gamma: float | None = None  # set: EXPERT sequences use LUFFY's π/(π+γ) objective with this γ
     hint_importance_cap: float | None = None  # set: HINT tokens weighted by min(π/π_sampled, cap)
+    # set: a stale batch (sampled by older weights than the learner's, trainer.pipeline one_step_off): POLICY
+    # tokens weighted by min(π_old/π_sampled, cap) (learner.terms.behaviour_weights)
+    behaviour_importance_cap: float | None = None
     # RL losses score tokens under the distribution they were drawn from, π_T (logits / T), as the engine
     # reports them; SFT batches keep 1.0
     temperature: float = 1.0
@@ -59,7 +62,7 @@ class SequenceBatch:
 
         return SequenceBatch(pick(self.token_ids), pick(self.loss_mask), pick(self.advantages),
                              pick(self.sampling_logprobs), pick(self.origins), self.shaped_gamma,
-                             self.hint_importance_cap, self.temperature)
+                             self.hint_importance_cap, self.behaviour_importance_cap, self.temperature)
 
     def padded_to(self, size: int, pad_id: int, like: SequenceBatch) -> SequenceBatch:
         """This batch with empty (all-masked) sequences appended up to ``size``; the optional fields get rows

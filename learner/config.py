@@ -91,6 +91,11 @@ class LearnerConfig(BaseModel):
     dual_clip: float | None = Field(
         None, gt=1, description="Dual-clip constant c > 1 bounding the loss of negative advantages (None: off)."
     )
+    behaviour_importance_cap: float = Field(
+        2.0, gt=0, description="trainer.pipeline one_step_off: a batch sampled by older weights than the learner's "
+        "weights each sampled token's loss by min(π_old/π_sampled, this) (decoupled PPO with TIS truncation; "
+        "2 as in TIS). Synchronous steps take no weight.",
+    )
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
         "token-mean", description="How per-token losses reduce to the batch loss."
     )

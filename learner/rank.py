@@ -34,7 +34,7 @@ from learner.lora import add_adapters, load_weights, merged_weights, save_weight
 from learner.losses import entropy_loss, kl_loss, policy_loss, sft_loss
 from learner.models import atomic_directory, load_policy
 from learner.scoring import ScoreRequest, TokenScores, install_scoring_head, score
-from learner.terms import difference_metrics, off_policy_terms, sampling_differences
+from learner.terms import behaviour_weight_metrics, difference_metrics, off_policy_terms, sampling_differences
 
 TRAINER_STATE = "trainer_state.pt"
 RUN_STATE = "run_state.json"
@@ -200,6 +200,7 @@ class Learner:
                 rl.old_logprobs[index] = scores.logprobs.detach()
                 rl.differences += sampling_differences(part, rl.old_logprobs[index], mask)
             shaped, weights = off_policy_terms(part, rl.old_logprobs[index])
+            record(behaviour_weight_metrics(part, rl.old_logprobs[index], mask))
             loss, metrics = policy_loss(scores.logprobs, rl.old_logprobs[index], advantages, mask, cfg.clip_low,
                                         cfg.clip_high, cfg.dual_clip, cfg.aggregation, rl.denominator,
                                         shaped, part.shaped_gamma or 0.0, weights)

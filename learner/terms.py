@@ -9,22 +9,58 @@ from learner.batch import Origin, SequenceBatch
 
 
 def off_policy_terms(part: SequenceBatch, old: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Which rows of the micro-batch take LUFFY's shaped objective, and the hint rows' truncated importance
-    weights (``old``: the learner's [B, T] old log-probs of the micro-batch)."""
+    """Which rows of the micro-batch take LUFFY's shaped objective, and the per-token importance weights of
+    the rows sampled by another policy than the learner's (``old``: the learner's [B, T] old log-probs of the
+    micro-batch): the hint rows', and in a stale batch (``behaviour_importance_cap`` set) the policy rows'."""
     rows = range(len(part))
     shaped = None
     if part.shaped_gamma is not None and any(part.origin(i) == Origin.EXPERT for i in rows):
         shaped = torch.tensor([part.origin(i) == Origin.EXPERT for i in rows], device=old.device)
     weights = None
     if part.hint_importance_cap is not None and any(part.origin(i) == Origin.HINT for i in rows):
-        weights = torch.ones_like(old)
-        for i in rows:
-            if part.origin(i) == Origin.HINT:
-                sampled = torch.tensor(part.sampling_logprobs[i], device=old.device)
-                # π(y | no hint) / π(y | hint): the learner's recomputed old logprobs over the engine's
-                ratio = torch.exp(old[i, : len(sampled)] - sampled)
-                weights[i, : len(sampled)] = torch.clamp(ratio, max=part.hint_importance_cap)
+        # π(y | no hint) / π(y | hint): the learner's recomputed old logprobs over the engine's. In a stale
+        # batch that already is the whole ratio to the behaviour policy, so the hint rows take no second one.
+        hinted = torch.tensor([part.origin(i) == Origin.HINT for i in rows], device=old.device)
+        weights = behaviour_weights(old, padded_sampling(part, old), hinted, part.hint_importance_cap)
+    if part.behaviour_importance_cap is not None:
+        policy = torch.tensor([part.origin(i) == Origin.POLICY for i in rows], device=old.device)
+        behaviour = behaviour_weights(old, padded_sampling(part, old), policy, part.behaviour_importance_cap)
+        weights = behaviour if weights is None else torch.where(policy[:, None], behaviour, weights)
     return shaped, weights
+
+
+def behaviour_weights(proximal: torch.Tensor, behaviour: torch.Tensor, rows: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per token ``min(π_prox / π_behav, cap)`` on ``rows`` ([B] bool), 1 on the other rows ([B, T] each).
+
+    Decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy optimization"; AReaL, Fu et al.
+    2025): the clipped ratio is taken against the proximal policy π_prox (here the learner's weights before
+    the update, whose old logprobs it computes itself), and this weight corrects from the behaviour policy
+    that sampled the tokens (the engine's logprobs) to π_prox. It is truncated at ``cap`` as in truncated
+    importance sampling (TIS; Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy
+    RL training"): a bounded variance for a small bias, and no token dropped."""
+    ratio = torch.clamp(torch.exp(proximal - behaviour), max=cap)
+    return torch.where(rows[:, None], ratio, torch.ones_like(ratio))
+
+
+def behaviour_weight_metrics(part: SequenceBatch, old: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The policy rows' mean weight over their loss tokens and the share of them truncated at the cap (none
+    for a fresh batch, or a micro-batch without a policy token)."""
+    cap = part.behaviour_importance_cap
+    policy = torch.tensor([part.origin(i) == Origin.POLICY for i in range(len(part))], device=old.device)
+    where = mask.bool() & policy[:, None]
+    if cap is None or not where.any():
+        return {}
+    ratio = torch.exp(old - padded_sampling(part, old))[where]
+    return {"pipeline/behaviour_weight_mean": float(torch.clamp(ratio, max=cap).mean()),
+            "pipeline/behaviour_weight_truncated": float((ratio > cap).float().mean())}
+
+
+def padded_sampling(part: SequenceBatch, like: torch.Tensor) -> torch.Tensor:
+    """The engine's sampling log-probs of the micro-batch as a tensor shaped ``like`` (0 past each row's end)."""
+    sampled = torch.zeros_like(like)
+    for row, values in enumerate(part.sampling_logprobs):
+        sampled[row, : len(values)] = torch.tensor(values, device=like.device)
+    return sampled
 
 
 def sampling_differences(part: SequenceBatch, logprobs: torch.Tensor, mask: torch.Tensor) -> list[float]:
@@ -32,9 +68,7 @@ def sampling_differences(part: SequenceBatch, logprobs: torch.Tensor, mask: torc
     one transfer (no per-token ``.item()``); none for a micro-batch without the engine's logprobs."""
     if not part.sampling_logprobs:
         return []
-    sampled = torch.zeros_like(logprobs)
-    for row, values in enumerate(part.sampling_logprobs):
-        sampled[row, : len(values)] = torch.tensor(values, device=logprobs.device)
+    sampled = padded_sampling(part, logprobs)
     policy = torch.tensor([part.origin(i) == Origin.POLICY for i in range(len(part))], device=logprobs.device)
     where = mask.bool() & policy[:, None]
     return (logprobs[where] - sampled[where]).abs().tolist()

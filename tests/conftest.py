@@ -18,8 +18,8 @@ from learner.bootstrap import build_default_model
 # first (xdist queues groups by test count: it has the most); a worker takes another group only when its
 # current one is nearly done, so the other worker runs every other group meanwhile.
 GROUPS = {
-    **dict.fromkeys(["tests/cluster/test_scheduler.py", "tests/cluster/test_recovery.py", "tests/cluster/test_sweep.py",
-                     "tests/rollout/test_evaluate.py", "tests/supervision/test_adaptive.py",
+    **dict.fromkeys(["tests/cluster/test_scheduler.py", "tests/cluster/test_recovery.py", "tests/cluster/test_pipeline.py",
+                     "tests/cluster/test_sweep.py", "tests/rollout/test_evaluate.py", "tests/supervision/test_adaptive.py",
                      "tests/supervision/test_preset_runs.py", "tests/test_launch.py", "tests/cluster/test_placement.py",
                      "tests/rollout/test_pool.py"], "ray"),
     **dict.fromkeys(["tests/cluster/test_checkpoints.py", "tests/learner/test_bootstrap.py",

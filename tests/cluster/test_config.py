@@ -58,6 +58,12 @@ def test_overrides_are_typed():
         (["rollout.worker_gpus=0.6", "learner.gpus_per_rank=0.6"],
          ("config error: (root): cluster.placement colocate shares one GPU: rollout.worker_gpus + "
           "learner.gpus_per_rank must be <= 1 (got 1.2)")),
+        (["trainer.pipeline=one_step_off", "supervision.mode=interleaved", "supervision.signals=[erroneous]"],
+         ("config error: (root): trainer.pipeline one_step_off trains RL steps only: supervision.mode must be none "
+          "(got 'interleaved')")),
+        (["trainer.pipeline=one_step_off", "rollout.sleep_during_update=true"],
+         ("config error: (root): trainer.pipeline one_step_off samples during the update: set "
+          "rollout.sleep_during_update=false")),
     ],
 )
 def test_bad_overrides_fail_in_one_line_naming_the_field(overrides, message):
