@@ -8,9 +8,9 @@ from learner.bootstrap import build_default_model
 
 # `make test` runs pytest in two workers (`-n 2`); a group of files runs in one worker, file after file.
 # "ray": the tests on this session's Ray, so that a run finds the shared actors of an earlier run with the
-# same ``actor_key`` alive, and the actors of two tests never hold memory at once (two Ray sessions in the
-# two workers, each with engines and learners, made every test in them ~2x slower: 15 min for the suite
-# instead of 10.7). "in_process_torch": the files that start torch.distributed in the pytest process
+# same ``actor_key`` alive, and the actors of two tests never hold memory at once (two Ray groups in the two
+# workers, each with engines and learners, made their tests ~2x slower: the suite took 13 min 12 s instead
+# of 12 min 16 s). "in_process_torch": the files that start torch.distributed in the pytest process
 # (in-process Learners and in-process vLLM engines: a Learner started while an engine holds the default
 # process group fails, "process group twice", as it did when a module-scoped engine stayed alive across
 # other files' tests), in the order a serial run has them. Any other file is a group of its own. (xdist's
