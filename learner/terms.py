@@ -15,18 +15,25 @@ def off_policy_terms(part: SequenceBatch, old: torch.Tensor) -> tuple[torch.Tens
     rows = range(len(part))
     shaped = None
     if part.shaped_gamma is not None and any(part.origin(i) == Origin.EXPERT for i in rows):
-        shaped = torch.tensor([part.origin(i) == Origin.EXPERT for i in rows], device=old.device)
-    weights = None
-    if part.hint_importance_cap is not None and any(part.origin(i) == Origin.HINT for i in rows):
+        shaped = rows_of(part, Origin.EXPERT, old.device)
+    hinted = part.hint_importance_cap is not None and any(part.origin(i) == Origin.HINT for i in rows)
+    if not hinted and part.behaviour_importance_cap is None:
+        return shaped, None
+    sampled, weights = padded_sampling(part, old), None
+    if hinted:
         # π(y | no hint) / π(y | hint): the learner's recomputed old logprobs over the engine's. In a stale
         # batch that already is the whole ratio to the behaviour policy, so the hint rows take no second one.
-        hinted = torch.tensor([part.origin(i) == Origin.HINT for i in rows], device=old.device)
-        weights = behaviour_weights(old, padded_sampling(part, old), hinted, part.hint_importance_cap)
+        weights = behaviour_weights(old, sampled, rows_of(part, Origin.HINT, old.device), part.hint_importance_cap)
     if part.behaviour_importance_cap is not None:
-        policy = torch.tensor([part.origin(i) == Origin.POLICY for i in rows], device=old.device)
-        behaviour = behaviour_weights(old, padded_sampling(part, old), policy, part.behaviour_importance_cap)
+        policy = rows_of(part, Origin.POLICY, old.device)
+        behaviour = behaviour_weights(old, sampled, policy, part.behaviour_importance_cap)
         weights = behaviour if weights is None else torch.where(policy[:, None], behaviour, weights)
     return shaped, weights
+
+
+def rows_of(part: SequenceBatch, origin: Origin, device: torch.device) -> torch.Tensor:
+    """[B] bool: the micro-batch's rows of ``origin``."""
+    return torch.tensor([part.origin(i) == origin for i in range(len(part))], device=device)
 
 
 def behaviour_weights(proximal: torch.Tensor, behaviour: torch.Tensor, rows: torch.Tensor, cap: float) -> torch.Tensor:
@@ -46,8 +53,7 @@ def behaviour_weight_metrics(part: SequenceBatch, old: torch.Tensor, mask: torch
     """The policy rows' mean weight over their loss tokens and the share of them truncated at the cap (none
     for a fresh batch, or a micro-batch without a policy token)."""
     cap = part.behaviour_importance_cap
-    policy = torch.tensor([part.origin(i) == Origin.POLICY for i in range(len(part))], device=old.device)
-    where = mask.bool() & policy[:, None]
+    where = mask.bool() & rows_of(part, Origin.POLICY, old.device)[:, None]
     if cap is None or not where.any():
         return {}
     ratio = torch.exp(old - padded_sampling(part, old))[where]
@@ -69,8 +75,7 @@ def sampling_differences(part: SequenceBatch, logprobs: torch.Tensor, mask: torc
     if not part.sampling_logprobs:
         return []
     sampled = padded_sampling(part, logprobs)
-    policy = torch.tensor([part.origin(i) == Origin.POLICY for i in range(len(part))], device=logprobs.device)
-    where = mask.bool() & policy[:, None]
+    where = mask.bool() & rows_of(part, Origin.POLICY, logprobs.device)[:, None]
     return (logprobs[where] - sampled[where]).abs().tolist()
 
 
