@@ -133,6 +133,11 @@ class LearnerConfig(BaseModel):
         "while longest length × count stays within it (None: count only). Bounds the activations of long "
         "episodes on GPU.",
     )
+    shared_prefix: bool = Field(
+        True, description="Rows of a micro-batch that repeat a prompt (a GRPO group) compute it once: packed "
+        "into one row with a 4D attention mask, same values and gradients (learner.prefix). Needs eager or sdpa "
+        "attention (flash_attention_2 takes no 4D mask).",
+    )
     attn_implementation: str = Field(
         "eager", description="transformers attention for training: eager (fastest for tiny models on CPU), sdpa, "
         "flash_attention_2 (GPU).",
@@ -141,6 +146,13 @@ class LearnerConfig(BaseModel):
     def lr_scale(self, step: int, total_steps: int) -> float:
         """The schedule's factor on the peak lr at training step ``step`` (1-based) of ``total_steps``."""
         return warmup_cosine(step - 1, decay_steps=total_steps if self.lr_schedule == "cosine" else None)
+
+    @model_validator(mode="after")
+    def _shared_prefix_attention(self) -> LearnerConfig:
+        if self.shared_prefix and self.attn_implementation not in ("eager", "sdpa"):
+            raise ValueError(f"learner.shared_prefix needs eager or sdpa attention, not {self.attn_implementation}: "
+                             "set learner.shared_prefix=false")
+        return self
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> LearnerConfig:

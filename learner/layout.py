@@ -11,15 +11,24 @@ to the largest count.
 from __future__ import annotations
 
 from learner.batch import SequenceBatch
+from learner.prefix import pack_shared_prefixes
 
 
-def rank_share(batch: SequenceBatch, rank: int, world_size: int, by_length: bool = True) -> SequenceBatch:
+def prompt(batch: SequenceBatch, index: int) -> list[int]:
+    """The tokens of sequence ``index`` before its first loss token."""
+    mask = batch.loss_mask[index]
+    return batch.token_ids[index][: mask.index(1) if 1 in mask else len(mask)]
+
+
+def rank_share(batch: SequenceBatch, rank: int, world_size: int, by_length: bool = True,
+               prompts_together: bool = False) -> SequenceBatch:
     """Rank ``rank``'s sequences, sorted by length unless the caller needs the original order: micro-batches
     of similar lengths waste little compute on padding, and a loss summed over sequences does not depend
-    on their order."""
+    on their order. ``prompts_together`` sorts by prompt first, so that a group shares its micro-batches
+    and computes its prompt once there (``learner.prefix``)."""
     mine = list(range(rank, len(batch), world_size))
     if by_length:
-        mine.sort(key=lambda i: len(batch.token_ids[i]))
+        mine.sort(key=lambda i: (prompt(batch, i) if prompts_together else [], len(batch.token_ids[i])))
     return batch.select(mine)
 
 
@@ -40,20 +49,28 @@ def cut(share: SequenceBatch, max_sequences: int, max_tokens: int | None) -> lis
 
 
 def micro_batches(batch: SequenceBatch, rank: int, world_size: int, max_sequences: int, max_tokens: int | None,
-                  pad_id: int, by_length: bool = True) -> list[SequenceBatch]:
+                  pad_id: int, by_length: bool = True, prompts_together: bool = False) -> list[SequenceBatch]:
     """This rank's micro-batches of ``batch``, as many as on every other rank (empty ones appended)."""
-    counts = [len(cut(rank_share(batch, r, world_size, by_length), max_sequences, max_tokens))
+    counts = [len(cut(rank_share(batch, r, world_size, by_length, prompts_together), max_sequences, max_tokens))
               for r in range(world_size)]
-    mine = cut(rank_share(batch, rank, world_size, by_length), max_sequences, max_tokens)
+    mine = cut(rank_share(batch, rank, world_size, by_length, prompts_together), max_sequences, max_tokens)
     while len(mine) < max(counts):
         mine.append(batch.select([]).padded_to(1, pad_id, like=batch))
     return mine
 
 
-def padding_share(parts: list[SequenceBatch]) -> float:
-    """The share of the positions the forward passes of ``parts`` compute that are padding."""
-    computed = sum(len(part) * max(map(len, part.token_ids)) for part in parts if len(part))
-    return 1 - sum(len(ids) for part in parts for ids in part.token_ids) / max(computed, 1)
+def forward_positions(parts: list[SequenceBatch], share_prefix: bool) -> dict[str, float]:
+    """``padding_share``: the share of the positions the forward passes of ``parts`` compute that are
+    padding; ``shared_prefix_saving``: the share of the unpacked passes' positions that sharing prompts
+    (``learner.prefix``, packed by loss tokens) leaves out."""
+    unpacked = computed = real = 0
+    for part in filter(len, parts):
+        ids, attention, mask = part.padded(0)
+        packing = pack_shared_prefixes(ids, attention, mask.bool()) if share_prefix else None
+        unpacked += ids.numel()
+        computed += (packing.ids if packing else ids).numel()
+        real += int((packing.segments >= 0).sum()) if packing else int(attention.sum())
+    return {"padding_share": 1 - real / max(computed, 1), "shared_prefix_saving": 1 - computed / max(unpacked, 1)}
 
 
 def split_even(batch: SequenceBatch, parts: int) -> list[SequenceBatch]:

@@ -29,7 +29,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from learner.batch import RLMiniBatch, SequenceBatch
 from learner.config import LearnerConfig, warmup_cosine
 from learner.diagnostics import ControlTokens, control_metrics, control_values, decision_mask, decision_points
-from learner.layout import micro_batches, padding_share, split_even
+from learner.layout import forward_positions, micro_batches, split_even
 from learner.lora import add_adapters, load_weights, merged_weights, save_weights
 from learner.losses import entropy_loss, kl_loss, policy_loss, sft_loss
 from learner.models import atomic_directory, load_policy
@@ -116,7 +116,8 @@ class Learner:
     def _local(self, batch: SequenceBatch, by_length: bool = True) -> list[SequenceBatch]:
         """This rank's share of ``batch`` in micro-batches (``learner.layout``)."""
         return micro_batches(batch, self.rank, self.world_size, self.config.micro_batch_size,
-                             self.config.micro_batch_tokens, self.tokenizer.pad_token_id, by_length)
+                             self.config.micro_batch_tokens, self.tokenizer.pad_token_id, by_length,
+                             self.config.shared_prefix)
 
     def _tensors(self, part: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return tuple(t.to(self.device) for t in part.padded(self.tokenizer.pad_token_id))
@@ -126,7 +127,7 @@ class Learner:
         """Log-probs (and entropy) at the ``scored`` tokens under π_T, the distribution the batch's tokens
         were sampled from (logits / T), with the output layer in chunks (``learner.scoring``)."""
         request = ScoreRequest(ids, scored.bool(), temperature, entropy, entropy and self.config.entropy_coef > 0,
-                               kept, self.config.logits_chunk_tokens)
+                               kept, self.config.logits_chunk_tokens, self.config.shared_prefix)
         return score(model, ids, attention, request)
 
     @torch.no_grad()
@@ -280,7 +281,7 @@ class Learner:
         self._release_cache()
         differences = [value for rl in prepared for value in rl.differences]
         return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control),
-                "padding_share": padding_share([part for rl in prepared for part in rl.batch])}
+                **forward_positions([part for rl in prepared for part in rl.batch], self.config.shared_prefix)}
 
     @torch.no_grad()
     def control_probe(self, batch: SequenceBatch) -> dict[str, float]:
@@ -319,7 +320,7 @@ class Learner:
         self._release_cache()
         differences = [value for rl in prepared if rl for value in rl.differences]
         return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control),
-                "padding_share": padding_share([part for rl in prepared if rl for part in rl.batch])}
+                **forward_positions([part for rl in prepared if rl for part in rl.batch], self.config.shared_prefix)}
 
     @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:

@@ -13,10 +13,12 @@ root unit's parameters are gathered, and their gradients reduced, only around th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+
+from learner.prefix import PackedRows, pack_shared_prefixes
 
 
 class _ChunkedScores(torch.autograd.Function):
@@ -99,6 +101,12 @@ class ScoreRequest:
     entropy_grad: bool = False  # ... with a gradient (only when the loss has an entropy term)
     kept: Tensor | None = None  # [B, T] bool: tokens whose full logits the caller reads (no gradient)
     chunk_tokens: int = 1024
+    share_prefix: bool = False  # rows repeating a prompt compute it once (learner.prefix)
+
+    def packed(self, packing: PackedRows) -> ScoreRequest:
+        """This request over ``packing``'s rows."""
+        kept = packing.pack(self.kept) if self.kept is not None else None
+        return replace(self, targets=packing.ids, scored=packing.pack(self.scored.bool()), kept=kept)
 
 
 @dataclass
@@ -164,10 +172,25 @@ def install_scoring_head(model: torch.nn.Module) -> None:
 def score(model: torch.nn.Module, ids: Tensor, attention: Tensor, request: ScoreRequest) -> TokenScores:
     """One forward pass of ``model`` (its head installed by ``install_scoring_head``) that scores ``request``."""
     head = model.get_output_embeddings()
-    head.request = request
+    packing = None
+    if request.share_prefix:
+        needed = request.scored.bool() if request.kept is None else request.scored.bool() | request.kept
+        packing = pack_shared_prefixes(ids, attention, needed)
+    if packing is None:
+        inputs = {"input_ids": ids, "attention_mask": attention}
+    else:
+        inputs = {"input_ids": packing.ids, "position_ids": packing.positions,
+                  "attention_mask": packing.attention_mask(model.config._attn_implementation, model.dtype)}
+    head.request = request if packing is None else request.packed(packing)
     try:
-        out = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        out = model(**inputs, use_cache=False).logits
     finally:
         head.request = None
     kept, head.kept_logits = head.kept_logits, None
+    if packing is not None:
+        out = packing.unpack(out)
+        if kept is not None:
+            rows, columns = request.kept.nonzero(as_tuple=True)
+            order = kept.lookup[packing.row[rows, columns], packing.column[rows, columns] - 1]
+            kept = KeptLogits(request.kept, kept.values[order])
     return TokenScores(out[..., 0], out[..., 1] if request.entropy else None, kept)
