@@ -59,14 +59,15 @@ def micro_batches(batch: SequenceBatch, rank: int, world_size: int, max_sequence
     return mine
 
 
-def forward_positions(parts: list[SequenceBatch], share_prefix: bool) -> dict[str, float]:
+def forward_positions(parts: list[SequenceBatch], pairs_per_position: float | None) -> dict[str, float]:
     """``padding_share``: the share of the positions the forward passes of ``parts`` compute that are
     padding; ``shared_prefix_saving``: the share of the unpacked passes' positions that sharing prompts
-    (``learner.prefix``, packed by loss tokens) leaves out."""
+    (``learner.prefix`` with ``pairs_per_position``, None: off) leaves out."""
     unpacked = computed = real = 0
     for part in filter(len, parts):
         ids, attention, mask = part.padded(0)
-        packing = pack_shared_prefixes(ids, attention, mask.bool()) if share_prefix else None
+        packing = None if pairs_per_position is None else pack_shared_prefixes(ids, attention, mask.bool(),
+                                                                                pairs_per_position)
         unpacked += ids.numel()
         computed += (packing.ids if packing else ids).numel()
         real += int((packing.segments >= 0).sum()) if packing else int(attention.sum())

@@ -17,6 +17,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+# Eager attention on CPU spends ~2.3x as long per FLOP as the linear maps (its softmax and mask run over every
+# pair in fp32); measured as docs/training.md "Shared prefixes" tells.
+ATTENTION_SLOWDOWN = 2.3
+
+
+def pairs_per_position(model: torch.nn.Module) -> float:
+    """What one position costs in the decoder layers' linear maps (2 FLOPs per parameter) in attention pairs
+    (4 FLOPs per hidden unit and layer: the scores and the weighted values), at ``ATTENTION_SLOWDOWN``."""
+    parameters = sum(p.numel() for p in model.get_decoder().layers.parameters())
+    return parameters / (2 * model.config.hidden_size * model.config.num_hidden_layers) / ATTENTION_SLOWDOWN
+
 
 @dataclass
 class PackedRows:
@@ -52,11 +63,16 @@ class PackedRows:
         return values[self.row, self.column]
 
 
-def pack_shared_prefixes(ids: Tensor, attention: Tensor, needed: Tensor) -> PackedRows | None:
+def pack_shared_prefixes(ids: Tensor, attention: Tensor, needed: Tensor, pairs_per_position: float) -> PackedRows | None:
     """``ids`` [B, T] right-padded (``attention`` marks real tokens) packed so that rows whose tokens agree
     before the position that predicts their first ``needed`` token share them; None when no two rows do.
 
-    Rows with nothing needed keep all their tokens in the prefix (their remainder is empty).
+    Attention computes every pair of a packed row's positions, masked ones too, so a row takes remainders
+    only while the prefix positions it saves cost more than the pairs it adds: a remainder of r tokens
+    joins a row whose remainders hold R tokens, after a prefix of P, while 2·r·R < P·(k + P), k =
+    ``pairs_per_position`` (one position's cost in the layers' linear maps, in attention pairs: see
+    ``pairs_per_position``); otherwise it starts a row of its own, with the prefix again. Rows with nothing
+    needed keep all their tokens in the prefix (their remainder is empty).
     """
     lengths = attention.sum(-1).tolist()
     needed = needed.clone()
@@ -65,16 +81,26 @@ def pack_shared_prefixes(ids: Tensor, attention: Tensor, needed: Tensor) -> Pack
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (row, first) in enumerate(zip(ids.tolist(), firsts)):
         groups.setdefault(tuple(row[:first]) if first else (-1 - index,), []).append(index)  # nothing to share
-    if len(groups) == len(ids):
+    rows: list[list[int]] = []
+    for members in groups.values():
+        start, held = firsts[members[0]], 0
+        for number, member in enumerate(members):
+            remainder = lengths[member] - start
+            if number == 0 or 2 * remainder * held >= start * (pairs_per_position + start):
+                rows.append([])
+                held = 0
+            rows[-1].append(member)
+            held += remainder
+    if all(len(members) == 1 for members in rows):
         return None
     packed_rows, positions, segments = [], [], []
     row_of, column_of = torch.zeros_like(ids), torch.zeros_like(ids)
-    for group, members in enumerate(groups.values()):
+    for packed, members in enumerate(rows):
         start = firsts[members[0]]
         tokens, where, segment = ids[members[0], :start].tolist(), list(range(start)), [0] * start
         for number, member in enumerate(members, start=1):
             end = lengths[member]
-            row_of[member] = group
+            row_of[member] = packed
             column_of[member, :start] = torch.arange(start)
             column_of[member, start:end] = torch.arange(len(tokens), len(tokens) + end - start)
             tokens += ids[member, start:end].tolist()

@@ -33,6 +33,7 @@ from learner.layout import forward_positions, micro_batches, split_even
 from learner.lora import add_adapters, load_weights, merged_weights, save_weights
 from learner.losses import entropy_loss, kl_loss, policy_loss, sft_loss
 from learner.models import atomic_directory, load_policy
+from learner.prefix import pairs_per_position
 from learner.scoring import ScoreRequest, TokenScores, install_scoring_head, score
 from learner.terms import behaviour_weight_metrics, difference_metrics, off_policy_terms, sampling_differences
 
@@ -100,6 +101,7 @@ class Learner:
         if config.lora is not None:
             model = add_adapters(model, config.lora)
         self.control_tokens = ControlTokens.from_tokenizer(self.tokenizer)
+        self.pairs_per_position = pairs_per_position(model) if config.shared_prefix else None
         self.model = _shard(model, self.mesh, config)
         self.reference = None
         if config.kl_coef > 0:
@@ -127,7 +129,7 @@ class Learner:
         """Log-probs (and entropy) at the ``scored`` tokens under π_T, the distribution the batch's tokens
         were sampled from (logits / T), with the output layer in chunks (``learner.scoring``)."""
         request = ScoreRequest(ids, scored.bool(), temperature, entropy, entropy and self.config.entropy_coef > 0,
-                               kept, self.config.logits_chunk_tokens, self.config.shared_prefix)
+                               kept, self.config.logits_chunk_tokens, self.pairs_per_position)
         return score(model, ids, attention, request)
 
     @torch.no_grad()
@@ -281,7 +283,7 @@ class Learner:
         self._release_cache()
         differences = [value for rl in prepared for value in rl.differences]
         return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control),
-                **forward_positions([part for rl in prepared for part in rl.batch], self.config.shared_prefix)}
+                **forward_positions([part for rl in prepared for part in rl.batch], self.pairs_per_position)}
 
     @torch.no_grad()
     def control_probe(self, batch: SequenceBatch) -> dict[str, float]:
@@ -320,7 +322,7 @@ class Learner:
         self._release_cache()
         differences = [value for rl in prepared if rl for value in rl.differences]
         return {**self._mean(metrics), **difference_metrics(differences), **self._control_metrics(control),
-                **forward_positions([part for rl in prepared if rl for part in rl.batch], self.config.shared_prefix)}
+                **forward_positions([part for rl in prepared if rl for part in rl.batch], self.pairs_per_position)}
 
     @torch.no_grad()
     def logprobs(self, batch: SequenceBatch) -> list[list[float]]:

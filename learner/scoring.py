@@ -101,7 +101,8 @@ class ScoreRequest:
     entropy_grad: bool = False  # ... with a gradient (only when the loss has an entropy term)
     kept: Tensor | None = None  # [B, T] bool: tokens whose full logits the caller reads (no gradient)
     chunk_tokens: int = 1024
-    share_prefix: bool = False  # rows repeating a prompt compute it once (learner.prefix)
+    # set: rows repeating a prompt compute it once (learner.prefix), packed by this pairs_per_position
+    pairs_per_position: float | None = None
 
     def packed(self, packing: PackedRows) -> ScoreRequest:
         """This request over ``packing``'s rows."""
@@ -173,9 +174,9 @@ def score(model: torch.nn.Module, ids: Tensor, attention: Tensor, request: Score
     """One forward pass of ``model`` (its head installed by ``install_scoring_head``) that scores ``request``."""
     head = model.get_output_embeddings()
     packing = None
-    if request.share_prefix:
+    if request.pairs_per_position is not None:
         needed = request.scored.bool() if request.kept is None else request.scored.bool() | request.kept
-        packing = pack_shared_prefixes(ids, attention, needed)
+        packing = pack_shared_prefixes(ids, attention, needed, request.pairs_per_position)
     if packing is None:
         inputs = {"input_ids": ids, "attention_mask": attention}
     else:

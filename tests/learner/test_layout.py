@@ -41,7 +41,7 @@ def test_padding_share_counts_the_padded_positions_and_sorting_by_length_cuts_th
     unsorted = micro_batches(batch, 0, 1, max_sequences=2, max_tokens=None, pad_id=0, by_length=False)
     by_length = micro_batches(batch, 0, 1, max_sequences=2, max_tokens=None, pad_id=0)
     def padding_share(parts: list[SequenceBatch]) -> float:
-        return forward_positions(parts, share_prefix=False)["padding_share"]
+        return forward_positions(parts, pairs_per_position=None)["padding_share"]
 
     assert padding_share(unsorted) == pytest.approx(1 - 22 / (2 * 9 + 2 * 8))  # [2, 9] and [3, 8]
     assert padding_share(by_length) == pytest.approx(1 - 22 / (2 * 3 + 2 * 9))  # [2, 3] and [8, 9]

@@ -26,7 +26,7 @@ def test_rows_sharing_a_prompt_pack_into_one_row_with_their_positions_and_segmen
     # two rows with prompt [5, 6, 7] (scored from 3 on: the prefix is [5, 6], each remainder starts at 7),
     # one row of its own
     ids, attention, mask = _tensors([[5, 6, 7, 8, 9], [5, 6, 7, 4], [1, 2, 3]], [[0, 0, 0, 1, 1], [0, 0, 0, 1], [0, 1, 1]])
-    packing = pack_shared_prefixes(ids, attention, mask.bool())
+    packing = pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=10)
     assert packing.ids.tolist() == [[5, 6, 7, 8, 9, 7, 4], [1, 2, 3, 0, 0, 0, 0]]
     assert packing.positions.tolist() == [[0, 1, 2, 3, 4, 2, 3], [0, 1, 2, 0, 0, 0, 0]]
     assert packing.segments.tolist() == [[0, 0, 1, 1, 1, 2, 2], [1, 1, 1, -1, -1, -1, -1]]
@@ -39,9 +39,16 @@ def test_rows_sharing_a_prompt_pack_into_one_row_with_their_positions_and_segmen
     assert additive[0, 0, 6, 3] == torch.finfo(torch.float32).min and additive[0, 0, 6, 5] == 0
     assert not packing.attention_mask("sdpa", torch.float32)[1, 0, 1, 2]  # causal within a row of its own
     # no two rows share anything (row 2's loss starts at 1: nothing before it to share): no packing
-    assert pack_shared_prefixes(ids[1:], attention[1:], mask[1:].bool()) is None
+    assert pack_shared_prefixes(ids[1:], attention[1:], mask[1:].bool(), 10) is None
     ids, attention, mask = _tensors([[5, 6], [5, 7]], [[0, 1], [0, 1]])
-    assert pack_shared_prefixes(ids, attention, mask.bool()) is None
+    assert pack_shared_prefixes(ids, attention, mask.bool(), 10) is None
+    # a remainder of r joins one of R after a prefix of P while 2·r·R < P·(k + P): 2·2·3 = 12 < 2·(10 + 2) = 24,
+    # then 2·4·5 = 40 >= 24 (a row of its own, with the prefix again); at k = 0, 12 >= 4: nothing packs
+    ids, attention, mask = _tensors([[5, 6, 7, 8, 9], [5, 6, 7, 4], [5, 6, 1, 2, 3, 4]],
+                                    [[0, 0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1, 1, 1]])
+    packing = pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=10)
+    assert packing.ids.tolist() == [[5, 6, 7, 8, 9, 7, 4], [5, 6, 1, 2, 3, 4, 0]]
+    assert pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=0) is None
 
 
 def _group_batch(seed: int, vocab: int) -> SequenceBatch:
@@ -60,7 +67,9 @@ def _group_batch(seed: int, vocab: int) -> SequenceBatch:
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_packed_rows_score_and_differentiate_like_the_unpacked_ones(tiny_model_dir, attn_implementation):
+@pytest.mark.parametrize("pairs_per_position", [1e9, 5.0])  # a group in one row; in rows of 2 and 1
+def test_packed_rows_score_and_differentiate_like_the_unpacked_ones(tiny_model_dir, attn_implementation,
+                                                                    pairs_per_position):
     model, tokenizer = load_policy(tiny_model_dir, attn_implementation=attn_implementation)
     install_scoring_head(model)
     ids, attention, mask = _group_batch(0, len(tokenizer)).padded(0)
@@ -69,7 +78,7 @@ def test_packed_rows_score_and_differentiate_like_the_unpacked_ones(tiny_model_d
     results = []
     for share in (False, True):
         model.zero_grad()
-        scores = score(model, ids, attention, ScoreRequest(ids, mask.bool(), 0.7, True, True, kept, 4, share))
+        scores = score(model, ids, attention, ScoreRequest(ids, mask.bool(), 0.7, True, True, kept, 4, pairs_per_position if share else None))
         ((scores.logprobs * weights).sum() + scores.entropy.sum()).backward()
         rows, columns = kept.nonzero(as_tuple=True)
         results.append([scores.logprobs, scores.entropy, scores.kept_logits[rows, columns - 1],
@@ -110,7 +119,7 @@ def test_prompts_stay_together_in_micro_batches_and_the_positions_saved_are_coun
     parts = micro_batches(batch, 0, 1, max_sequences=3, max_tokens=None, pad_id=0, prompts_together=True)
     assert sorted(sorted(map(len, part.token_ids)) for part in parts) == [[12, 14, 16], [17, 19, 21]]
     # packed: A's 8 shared tokens + remainders of 4, 8, 6; B's 13 + 4, 8, 6
-    assert forward_positions(parts, share_prefix=True) == {"padding_share": 0.0,
+    assert forward_positions(parts, pairs_per_position=1e9) == {"padding_share": 0.0,
                                                            "shared_prefix_saving": pytest.approx(1 - 57 / 111)}
-    assert forward_positions(parts, share_prefix=False) == {"padding_share": pytest.approx(1 - 99 / 111),
+    assert forward_positions(parts, pairs_per_position=None) == {"padding_share": pytest.approx(1 - 99 / 111),
                                                             "shared_prefix_saving": 0.0}
