@@ -135,8 +135,8 @@ class LearnerConfig(BaseModel):
     )
     shared_prefix: bool = Field(
         True, description="Rows of a micro-batch that repeat a prompt (a GRPO group) compute it once: packed "
-        "behind one copy of it with a 4D attention mask, as many as save more in the linear layers than the "
-        "longer row costs in attention; same values and gradients (learner.prefix). Needs eager or sdpa "
+        "behind one copy of it with a 4D attention mask, in the layout whose linear and attention cost is "
+        "least; same values and gradients (learner.prefix). Needs eager or sdpa "
         "attention (flash_attention_2 takes no 4D mask).",
     )
     attn_implementation: str = Field(

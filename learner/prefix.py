@@ -65,14 +65,14 @@ class PackedRows:
 
 def pack_shared_prefixes(ids: Tensor, attention: Tensor, needed: Tensor, pairs_per_position: float) -> PackedRows | None:
     """``ids`` [B, T] right-padded (``attention`` marks real tokens) packed so that rows whose tokens agree
-    before the position that predicts their first ``needed`` token share them; None when no two rows do.
+    before the position that predicts their first ``needed`` token share them; None when no layout beats
+    the unpacked one.
 
-    Attention computes every pair of a packed row's positions, masked ones too, so a row takes remainders
-    only while the prefix positions it saves cost more than the pairs it adds: a remainder of r tokens
-    joins a row whose remainders hold R tokens, after a prefix of P, while 2·r·R < P·(k + P), k =
-    ``pairs_per_position`` (one position's cost in the layers' linear maps, in attention pairs: see
-    ``pairs_per_position``); otherwise it starts a row of its own, with the prefix again. Rows with nothing
-    needed keep all their tokens in the prefix (their remainder is empty).
+    Attention computes every pair of the padded rows' positions, masked ones too, so R rows of width W cost
+    R · (W · k + W²) in attention pairs, k = ``pairs_per_position`` (see ``pairs_per_position``). A group's
+    rows fill packed rows first-fit, longest first, under a width cap (1 to 8 times T, or none: one row per
+    group), and the cheapest of these layouts is taken if it is cheaper than the unpacked rows. Rows with
+    nothing needed keep all their tokens in the prefix (their remainder is empty).
     """
     lengths = attention.sum(-1).tolist()
     needed = needed.clone()
@@ -81,17 +81,17 @@ def pack_shared_prefixes(ids: Tensor, attention: Tensor, needed: Tensor, pairs_p
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (row, first) in enumerate(zip(ids.tolist(), firsts)):
         groups.setdefault(tuple(row[:first]) if first else (-1 - index,), []).append(index)  # nothing to share
-    rows: list[list[int]] = []
-    for members in groups.values():
-        start, held = firsts[members[0]], 0
-        for number, member in enumerate(members):
-            remainder = lengths[member] - start
-            if number == 0 or 2 * remainder * held >= start * (pairs_per_position + start):
-                rows.append([])
-                held = 0
-            rows[-1].append(member)
-            held += remainder
-    if all(len(members) == 1 for members in rows):
+
+    def cost(count: int, width: int) -> float:
+        return count * (width * pairs_per_position + width**2)
+
+    best, rows = cost(*ids.shape), None
+    for cap in [ids.shape[1] * factor for factor in (1, 1.5, 2, 3, 4, 8)] + [float("inf")]:
+        layout = _first_fit(groups, firsts, lengths, cap)
+        price = cost(len(layout), max(width for _, width in layout))
+        if len(layout) < len(ids) and price < best:  # some rows share
+            best, rows = price, [members for members, _ in layout]
+    if rows is None:
         return None
     packed_rows, positions, segments = [], [], []
     row_of, column_of = torch.zeros_like(ids), torch.zeros_like(ids)
@@ -109,7 +109,26 @@ def pack_shared_prefixes(ids: Tensor, attention: Tensor, needed: Tensor, pairs_p
         packed_rows.append(tokens), positions.append(where), segments.append(segment)
     width = max(map(len, packed_rows))
 
-    def padded(rows: list[list[int]], fill: int) -> Tensor:
-        return torch.tensor([row + [fill] * (width - len(row)) for row in rows], dtype=torch.long, device=ids.device)
+    def padded(values: list[list[int]], fill: int) -> Tensor:
+        return torch.tensor([row + [fill] * (width - len(row)) for row in values], dtype=torch.long, device=ids.device)
 
     return PackedRows(padded(packed_rows, 0), padded(positions, 0), padded(segments, -1), row_of, column_of)
+
+
+def _first_fit(groups: dict, firsts: list[int], lengths: list[int], cap: float) -> list[tuple[list[int], int]]:
+    """Each group's rows (longest first) into the first packed row of the group they fit in under ``cap``
+    positions, else a new one: (members, width) per packed row."""
+    layout = []
+    for members in groups.values():
+        start, rows = firsts[members[0]], []
+        for member in sorted(members, key=lambda m: -lengths[m]):
+            remainder = lengths[member] - start
+            for row in rows:
+                if row[1] + remainder <= cap:
+                    row[0].append(member)
+                    row[1] += remainder
+                    break
+            else:
+                rows.append([[member], start + remainder])
+        layout += [(row_members, width) for row_members, width in rows]
+    return layout

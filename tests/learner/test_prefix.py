@@ -26,7 +26,8 @@ def test_rows_sharing_a_prompt_pack_into_one_row_with_their_positions_and_segmen
     # two rows with prompt [5, 6, 7] (scored from 3 on: the prefix is [5, 6], each remainder starts at 7),
     # one row of its own
     ids, attention, mask = _tensors([[5, 6, 7, 8, 9], [5, 6, 7, 4], [1, 2, 3]], [[0, 0, 0, 1, 1], [0, 0, 0, 1], [0, 1, 1]])
-    packing = pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=10)
+    # unpacked: 3 rows of 5 cost 3 · (5 · 100 + 25) = 1575 pairs at k = 100; packed 2 · (7 · 100 + 49) = 1498
+    packing = pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=100)
     assert packing.ids.tolist() == [[5, 6, 7, 8, 9, 7, 4], [1, 2, 3, 0, 0, 0, 0]]
     assert packing.positions.tolist() == [[0, 1, 2, 3, 4, 2, 3], [0, 1, 2, 0, 0, 0, 0]]
     assert packing.segments.tolist() == [[0, 0, 1, 1, 1, 2, 2], [1, 1, 1, -1, -1, -1, -1]]
@@ -38,17 +39,24 @@ def test_rows_sharing_a_prompt_pack_into_one_row_with_their_positions_and_segmen
     additive = packing.attention_mask("eager", torch.float32)
     assert additive[0, 0, 6, 3] == torch.finfo(torch.float32).min and additive[0, 0, 6, 5] == 0
     assert not packing.attention_mask("sdpa", torch.float32)[1, 0, 1, 2]  # causal within a row of its own
+    assert pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=10) is None  # 238 > 225
     # no two rows share anything (row 2's loss starts at 1: nothing before it to share): no packing
-    assert pack_shared_prefixes(ids[1:], attention[1:], mask[1:].bool(), 10) is None
+    assert pack_shared_prefixes(ids[1:], attention[1:], mask[1:].bool(), 1e9) is None
     ids, attention, mask = _tensors([[5, 6], [5, 7]], [[0, 1], [0, 1]])
-    assert pack_shared_prefixes(ids, attention, mask.bool(), 10) is None
-    # a remainder of r joins one of R after a prefix of P while 2·r·R < P·(k + P): 2·2·3 = 12 < 2·(10 + 2) = 24,
-    # then 2·4·5 = 40 >= 24 (a row of its own, with the prefix again); at k = 0, 12 >= 4: nothing packs
-    ids, attention, mask = _tensors([[5, 6, 7, 8, 9], [5, 6, 7, 4], [5, 6, 1, 2, 3, 4]],
-                                    [[0, 0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1, 1, 1]])
-    packing = pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=10)
-    assert packing.ids.tolist() == [[5, 6, 7, 8, 9, 7, 4], [5, 6, 1, 2, 3, 4, 0]]
-    assert pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=0) is None
+    assert pack_shared_prefixes(ids, attention, mask.bool(), 1e9) is None
+
+
+def test_a_long_remainder_keeps_a_row_of_its_own_when_one_row_would_pad_everything_to_its_width():
+    # prefix [5, 6]; remainders of 10, 2, 2, 2 tokens. k = 1: unpacked 4 · (12 + 144) = 624; one row of
+    # 18: 18 + 324 = 342; under the cap of 12, the long one alone and the three short ones behind one
+    # prefix: 2 · (12 + 144) = 312, the cheapest
+    long = [5, 6] + list(range(10, 20))
+    shorts = [[5, 6, 7, 20 + i] for i in range(3)]
+    ids, attention, mask = _tensors([long, *shorts], [[0, 0, 0] + [1] * 9] + [[0, 0, 0, 1]] * 3)
+    packing = pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=1)
+    assert packing.ids.tolist() == [long, [5, 6, 7, 20, 7, 21, 7, 22] + [0] * 4]
+    assert packing.row[:, 0].tolist() == [0, 1, 1, 1]
+    assert pack_shared_prefixes(ids, attention, mask.bool(), pairs_per_position=1e9).ids.shape == (1, 18)
 
 
 def _group_batch(seed: int, vocab: int) -> SequenceBatch:
@@ -67,7 +75,7 @@ def _group_batch(seed: int, vocab: int) -> SequenceBatch:
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-@pytest.mark.parametrize("pairs_per_position", [1e9, 5.0])  # a group in one row; in rows of 2 and 1
+@pytest.mark.parametrize("pairs_per_position", [1e9, 1.0])  # a group in one row; in several
 def test_packed_rows_score_and_differentiate_like_the_unpacked_ones(tiny_model_dir, attn_implementation,
                                                                     pairs_per_position):
     model, tokenizer = load_policy(tiny_model_dir, attn_implementation=attn_implementation)
