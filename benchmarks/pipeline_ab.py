@@ -14,12 +14,13 @@ update + sync), from the first variant's phases; and every run's sampled reward 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cluster.comparison import run_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = [["sync", "trainer.pipeline=sync"], ["one_step_off", "trainer.pipeline=one_step_off"]]
@@ -39,9 +40,7 @@ def train(out: Path, name: str, settings: list[str], seed: int, steps: int) -> N
 
 
 def steps_of(out: Path, name: str, seed: int) -> list[dict]:
-    path = out / f"{name}-s{seed}" / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return [r for r in records if r.get("step", 0) >= 1 and "time/step_s" in r]
+    return [r for r in run_records(out / f"{name}-s{seed}") if r.get("step", 0) >= 1 and "time/step_s" in r]
 
 
 def core_seconds(record: dict) -> float:

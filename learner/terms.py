@@ -12,18 +12,16 @@ def off_policy_terms(part: SequenceBatch, old: torch.Tensor) -> tuple[torch.Tens
     """Which rows of the micro-batch take LUFFY's shaped objective, and the per-token importance weights of
     the rows sampled by another policy than the learner's (``old``: the learner's [B, T] old log-probs of the
     micro-batch): the hint rows', and in a stale batch (``behaviour_importance_cap`` set) the policy rows'."""
-    rows = range(len(part))
-    shaped = None
-    if part.shaped_gamma is not None and any(part.origin(i) == Origin.EXPERT for i in rows):
-        shaped = rows_of(part, Origin.EXPERT, old.device)
-    hinted = part.hint_importance_cap is not None and any(part.origin(i) == Origin.HINT for i in rows)
+    expert, hint = rows_of(part, Origin.EXPERT, old.device), rows_of(part, Origin.HINT, old.device)
+    shaped = expert if part.shaped_gamma is not None and expert.any() else None
+    hinted = part.hint_importance_cap is not None and bool(hint.any())
     if not hinted and part.behaviour_importance_cap is None:
         return shaped, None
     sampled, weights = padded_sampling(part, old), None
     if hinted:
         # π(y | no hint) / π(y | hint): the learner's recomputed old logprobs over the engine's. In a stale
         # batch that already is the whole ratio to the behaviour policy, so the hint rows take no second one.
-        weights = behaviour_weights(old, sampled, rows_of(part, Origin.HINT, old.device), part.hint_importance_cap)
+        weights = behaviour_weights(old, sampled, hint, part.hint_importance_cap)
     if part.behaviour_importance_cap is not None:
         policy = rows_of(part, Origin.POLICY, old.device)
         behaviour = behaviour_weights(old, sampled, policy, part.behaviour_importance_cap)
