@@ -185,12 +185,14 @@ class Scheduler:
     @contextmanager
     def _update_phase(self, timings: dict[str, float], last: bool):
         """The update's surroundings: synchronous, the engines asleep (rollout.sleep_during_update; a no-op
-        without it); one_step_off, the next step's batch sampled (none after the last step)."""
+        without it); one_step_off, the next step's batch sampled (none after the last step) while the learner
+        keeps to its reserved CPUs."""
         if self.pipeline is None:
             with _timed(timings, "update"), self.pool.asleep():
                 yield
         else:
-            with self.pipeline.sampling_ahead(None if last else self.step + 1, timings), _timed(timings, "update"):
+            with (self.pipeline.sampling_ahead(None if last else self.step + 1, timings),
+                  self.learners.sharing_cores(not last), _timed(timings, "update")):
                 yield
 
     def _sft_batch(self, kind: StepKind) -> tuple[SequenceBatch | None, dict[str, float]]:

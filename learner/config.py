@@ -48,7 +48,8 @@ class LearnerConfig(BaseModel):
     threads: int | None = Field(
         None, ge=1,
         description="torch threads per rank; default: the machine's cores / world_size (rollouts are idle "
-        "while the learner updates, so it may use them).",
+        "while the learner updates, so it may use them), and during a trainer.pipeline one_step_off update, "
+        "which the engines' sampling overlaps, the rank's cpus_per_rank (at least 1).",
     )
     gpus_per_rank: float = Field(0.0, ge=0, description="GPUs per Learner rank (1 on GPU clusters, 0 on CPU).")
     resources: dict[str, float] = Field(

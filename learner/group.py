@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
@@ -71,6 +72,15 @@ class LearnerGroup:
 
     def start(self, config: LearnerConfig, seed: int) -> None:
         self._call("start", config, seed)
+
+    @contextmanager
+    def sharing_cores(self, shared: bool):
+        """The block's learner calls run beside sampling (``shared``): each rank keeps to its reserved CPUs."""
+        if shared:
+            self._call("share_cores", True)
+        yield
+        if shared:
+            self._call("share_cores", False)
 
     def rl_update(self, batch: SequenceBatch, group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
         return self._call("rl_update", batch, group_size, lr_scale)

@@ -63,7 +63,12 @@ class Learner:
 
     def __init__(self, model_path: str, config: LearnerConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
         self.model_path, self.config, self.rank, self.world_size, self.seed = model_path, config, rank, world_size, seed
-        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world_size))
+        self.threads = config.threads or max(1, (os.cpu_count() or 1) // world_size)
+        torch.set_num_threads(self.threads)
+
+    def share_cores(self, shared: bool) -> None:
+        """Beside sampling (one_step_off), the rank's reserved CPUs: more OpenMP threads than free cores stall."""
+        torch.set_num_threads(self.config.threads or max(1, int(self.config.cpus_per_rank)) if shared else self.threads)
 
     def endpoint(self) -> tuple[str, int]:
         """Where rank 0 can host the process group's rendezvous: this node's address and a free port."""
@@ -390,7 +395,4 @@ class Learner:
         import ray
 
         return ray.get_gpu_ids()
-
-    def ready(self) -> bool:
-        return True
 

@@ -54,11 +54,13 @@ def test_one_step_off_overlaps_stays_one_step_stale_and_resumes_exactly(schedule
     checkpoints = tmp_path / "straight" / "checkpoints"
     assert (checkpoints / "step_000002" / PENDING).exists() and not (checkpoints / "step_000003" / PENDING).exists()
 
-    # step 1 draws the same episodes with the same weights as the synchronous loop: the same metrics
+    # step 1 draws the same episodes with the same weights as the synchronous loop: the same samples and
+    # metrics (the learner's to 1e-6: the overlapped update ran on the rank's one reserved CPU, sync on two)
     synchronous = scheduler_on(_config(tiny_model_dir, tmp_path / "sync", "trainer.total_steps=1"))
     synchronous.train_step()
     synchronous.close()
-    assert comparable(tmp_path / "sync")[0] == {k: v for k, v in straight[0].items() if not k.startswith("pipeline/")}
+    pipelined = {k: v for k, v in straight[0].items() if not k.startswith("pipeline/")}
+    assert comparable(tmp_path / "sync")[0] == pytest.approx(pipelined, rel=1e-6, abs=1e-12)
     assert ((tmp_path / "sync" / "samples" / "step_000001.txt").read_text()
             == (tmp_path / "straight" / "samples" / "step_000001.txt").read_text())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 
 import pytest
@@ -242,3 +243,19 @@ def test_a_checkpoint_loads_after_a_forward_pass_without_backward(learner, tmp_p
     learner.control_probe(batch)  # forward only
     assert learner.load(str(tmp_path / "step_000001")) == {"step": 1}
     assert all(torch.equal(saved[name], tensor) for name, tensor in _weights(learner).items())
+
+
+def test_beside_sampling_a_rank_keeps_to_its_reserved_cpus_unless_threads_are_set():
+    before = torch.get_num_threads()
+    try:
+        default = Learner("unused", LearnerConfig(cpus_per_rank=1), world_size=1)
+        assert torch.get_num_threads() == default.threads == os.cpu_count()
+        default.share_cores(True)
+        assert torch.get_num_threads() == 1
+        default.share_cores(False)
+        assert torch.get_num_threads() == os.cpu_count()
+        explicit = Learner("unused", LearnerConfig(threads=3, cpus_per_rank=1))
+        explicit.share_cores(True)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
