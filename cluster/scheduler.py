@@ -191,9 +191,21 @@ class Scheduler:
             with _timed(timings, "update"), self.pool.asleep():
                 yield
         else:
-            with (self.pipeline.sampling_ahead(None if last else self.step + 1, timings),
-                  self.learners.sharing_cores(not last), _timed(timings, "update")):
+            with (self._sharing_cores(not last), self.pipeline.sampling_ahead(None if last else self.step + 1, timings),
+                  _timed(timings, "update")):
                 yield
+
+    @contextmanager
+    def _sharing_cores(self, shared: bool):
+        """Engines and learner ranks keep to their reserved CPUs while both run (``shared``), and take all
+        their threads back after, when each runs alone: more OpenMP threads than free cores stall."""
+        if shared:
+            self.pool.share_cores(True)
+            self.learners.share_cores(True)
+        yield
+        if shared:
+            self.pool.share_cores(False)
+            self.learners.share_cores(False)
 
     def _sft_batch(self, kind: StepKind) -> tuple[SequenceBatch | None, dict[str, float]]:
         """This step's SFT data, as many sequences as the mode's sft_batch_size (none for an RL step)."""

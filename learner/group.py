@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 
@@ -73,14 +72,9 @@ class LearnerGroup:
     def start(self, config: LearnerConfig, seed: int) -> None:
         self._call("start", config, seed)
 
-    @contextmanager
-    def sharing_cores(self, shared: bool):
-        """The block's learner calls run beside sampling (``shared``): each rank keeps to its reserved CPUs."""
-        if shared:
-            self._call("share_cores", True)
-        yield
-        if shared:
-            self._call("share_cores", False)
+    def share_cores(self, shared: bool) -> None:
+        """Each rank on its reserved CPUs (``shared``: the engines sample meanwhile) or on its full threads."""
+        self._call("share_cores", shared)
 
     def rl_update(self, batch: SequenceBatch, group_size: int, lr_scale: float = 1.0) -> dict[str, float]:
         return self._call("rl_update", batch, group_size, lr_scale)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # The rollout settings a RolloutPool's workers and engines are started with; the others may change between
 # runs on the same pool (RolloutPool.start).
-ENGINE_FIELDS = frozenset({"workers", "worker_cpus", "worker_gpus", "resources", "max_restarts", "dtype",
+ENGINE_FIELDS = frozenset({"workers", "worker_cpus", "threads", "worker_gpus", "resources", "max_restarts", "dtype",
                            "max_total_tokens", "kv_cache_gib", "gpu_memory_utilization", "sleep_during_update"})
 
 
@@ -62,6 +62,12 @@ class RolloutConfig(BaseModel):
     workers: int = Field(1, ge=1, description="RolloutWorker actors, each with its own vLLM engine.")
     worker_cpus: float = Field(
         1.0, gt=0, description="Ray CPUs reserved per RolloutWorker (fractions oversubscribe small machines)."
+    )
+    threads: int | None = Field(
+        None, ge=1,
+        description="torch threads per engine; default: the machine's cores / workers (the learner is idle while "
+        "the engines sample, so they may use its cores), and while a trainer.pipeline one_step_off update runs "
+        "beside the sampling, worker_cpus (at least 1).",
     )
     worker_gpus: float = Field(
         0.0, ge=0, description="Ray GPUs per RolloutWorker (0 on CPU; 0.5 shares a GPU with a learner rank)."

@@ -161,6 +161,10 @@ class RolloutPool:
             f"{self.max_restarts} ({type(cause).__name__}); the run stops at its last checkpoint: resume it with "
             "--set trainer.resume=true") from cause
 
+    def share_cores(self, shared: bool) -> None:
+        """Each engine on its reserved CPUs (``shared``: a learner update runs meanwhile) or on its full threads."""
+        self._call_each("share_cores", [(shared,)] * len(self.workers), replay=False)
+
     @contextmanager
     def asleep(self):
         """The engines asleep for the block (rollout.sleep_during_update, on GPU; a no-op otherwise)."""

@@ -7,8 +7,11 @@ tokenised, as the chat template's delta after an ``<|im_end|>``; generated text 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+
+import torch
 
 from rollout.chat import IM_END, load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
@@ -230,6 +233,13 @@ class RolloutWorker:
         self.engine = Engine(model_path, dtype=config.dtype, max_model_len=config.max_total_tokens, seed=seed,
                              kv_cache_gib=config.kv_cache_gib, gpu_memory_utilization=config.gpu_memory_utilization,
                              sleep_mode=config.sleep_during_update)
+        self.threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+        torch.set_num_threads(self.threads)  # Ray set as many as the actor's reserved CPUs
+
+    def share_cores(self, shared: bool) -> None:
+        """Beside a learner update (one_step_off), the worker's reserved CPUs: more OpenMP threads than free
+        cores stall."""
+        torch.set_num_threads(self.config.threads or max(1, int(self.config.worker_cpus)) if shared else self.threads)
 
     def start(self, config: RolloutConfig, reward: RewardConfig, version: int | None = None) -> None:
         """The run's sampling, dialog and scoring settings; the engine keeps those ``ENGINE_FIELDS`` name."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from rollout.chat import load_tokenizer
 from rollout.config import RewardConfig, RolloutConfig
@@ -91,6 +94,12 @@ def test_vllm_worker_runs_episodes_with_aligned_logprobs(tiny_model_dir):
     # same seeds, same trajectories
     again = worker.run(requests)
     assert [t.token_ids for t in again] == [t.token_ids for t in trajectories]
+    # alone, the engine takes the machine's cores (one worker); beside an update, its one reserved CPU
+    assert worker.threads == torch.get_num_threads() == os.cpu_count()
+    worker.share_cores(True)
+    assert torch.get_num_threads() == 1
+    worker.share_cores(False)
+    assert torch.get_num_threads() == os.cpu_count()
 
 
 @pytest.mark.parametrize("fmt", ["hermes", "python"])
