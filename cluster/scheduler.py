@@ -185,27 +185,26 @@ class Scheduler:
     @contextmanager
     def _update_phase(self, timings: dict[str, float], last: bool):
         """The update's surroundings: synchronous, the engines asleep (rollout.sleep_during_update; a no-op
-        without it); one_step_off, the next step's batch sampled (none after the last step) while the learner
-        keeps to its reserved CPUs."""
+        without it); one_step_off, the next step's batch sampled (none after the last step), engines and
+        learner on their reserved CPUs until the update ends."""
         if self.pipeline is None:
             with _timed(timings, "update"), self.pool.asleep():
                 yield
         else:
-            with (self._sharing_cores(not last), self.pipeline.sampling_ahead(None if last else self.step + 1, timings),
-                  _timed(timings, "update")):
-                yield
+            ahead = None if last else self.step + 1
+            if ahead:
+                self._share_cores(True)
+            with self.pipeline.sampling_ahead(ahead, timings):
+                with _timed(timings, "update"):
+                    yield
+                if ahead:  # the engines take their threads back at their next call, mid-sampling
+                    self._share_cores(False)
 
-    @contextmanager
-    def _sharing_cores(self, shared: bool):
+    def _share_cores(self, shared: bool) -> None:
         """Engines and learner ranks keep to their reserved CPUs while both run (``shared``), and take all
-        their threads back after, when each runs alone: more OpenMP threads than free cores stall."""
-        if shared:
-            self.pool.share_cores(True)
-            self.learners.share_cores(True)
-        yield
-        if shared:
-            self.pool.share_cores(False)
-            self.learners.share_cores(False)
+        their threads back when each runs alone: more OpenMP threads than free cores stall."""
+        self.pool.share_cores(shared)
+        self.learners.share_cores(shared)
 
     def _sft_batch(self, kind: StepKind) -> tuple[SequenceBatch | None, dict[str, float]]:
         """This step's SFT data, as many sequences as the mode's sft_batch_size (none for an RL step)."""

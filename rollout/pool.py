@@ -64,7 +64,7 @@ class RolloutPool:
                 f"rollout.max_total_tokens={config.max_total_tokens} exceeds the model's context of {limit} tokens"
             )
         actor = ray.remote(num_cpus=config.worker_cpus, num_gpus=config.worker_gpus, resources=config.resources,
-                           max_restarts=config.max_restarts)(RolloutWorker)
+                           max_restarts=config.max_restarts, concurrency_groups={"cores": 1})(RolloutWorker)
         self.dtype = config.dtype  # of the engines' weights, which a weight sync sends
         self.max_restarts = config.max_restarts
         self.settings = (config, reward)  # what a restarted worker is given again (RolloutPool.start)

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import ray
 import torch
 
 from rollout.chat import IM_END, load_tokenizer
@@ -234,12 +235,14 @@ class RolloutWorker:
                              kv_cache_gib=config.kv_cache_gib, gpu_memory_utilization=config.gpu_memory_utilization,
                              sleep_mode=config.sleep_during_update)
         self.threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
-        torch.set_num_threads(self.threads)  # Ray set as many as the actor's reserved CPUs
+        self.wanted_threads = self.threads  # Ray set as many as the actor's reserved CPUs; taken at each engine call
 
+    @ray.method(concurrency_group="cores")
     def share_cores(self, shared: bool) -> None:
         """Beside a learner update (one_step_off), the worker's reserved CPUs: more OpenMP threads than free
-        cores stall."""
-        torch.set_num_threads(self.config.threads or max(1, int(self.config.worker_cpus)) if shared else self.threads)
+        cores stall. A call of its own concurrency group: it lands in the middle of a ``run``, whose next
+        engine call takes the new count."""
+        self.wanted_threads = self.config.threads or max(1, int(self.config.worker_cpus)) if shared else self.threads
 
     def start(self, config: RolloutConfig, reward: RewardConfig, version: int | None = None) -> None:
         """The run's sampling, dialog and scoring settings; the engine keeps those ``ENGINE_FIELDS`` name."""
@@ -270,6 +273,7 @@ class RolloutWorker:
         generated = 0
         while pending := [i for i, episode in enumerate(live) if not episode.done]:
             # every episode waiting for the model goes into one engine call
+            torch.set_num_threads(self.wanted_threads)  # in this thread: OpenMP's count is per thread
             outputs = self.engine.generate(
                 [live[i].token_ids for i in pending],
                 max_tokens=self.config.max_new_tokens,

@@ -97,8 +97,10 @@ def test_vllm_worker_runs_episodes_with_aligned_logprobs(tiny_model_dir):
     # alone, the engine takes the machine's cores (one worker); beside an update, its one reserved CPU
     assert worker.threads == torch.get_num_threads() == os.cpu_count()
     worker.share_cores(True)
+    worker.run(requests[:1])
     assert torch.get_num_threads() == 1
     worker.share_cores(False)
+    worker.run(requests[:1])
     assert torch.get_num_threads() == os.cpu_count()
 
 
