@@ -36,6 +36,7 @@ from learner.models import atomic_directory, load_policy
 from learner.prefix import pairs_per_position
 from learner.scoring import ScoreRequest, TokenScores, install_scoring_head, score
 from learner.terms import behaviour_weight_metrics, difference_metrics, off_policy_terms, sampling_differences
+from rollout.config import thread_counts
 
 TRAINER_STATE = "trainer_state.pt"
 RUN_STATE = "run_state.json"
@@ -63,12 +64,12 @@ class Learner:
 
     def __init__(self, model_path: str, config: LearnerConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
         self.model_path, self.config, self.rank, self.world_size, self.seed = model_path, config, rank, world_size, seed
-        self.threads = config.threads or max(1, (os.cpu_count() or 1) // world_size)
+        self.threads, self.shared_threads = thread_counts(config.threads, world_size, config.cpus_per_rank)
         torch.set_num_threads(self.threads)
 
     def share_cores(self, shared: bool) -> None:
         """Beside sampling (one_step_off), the rank's reserved CPUs: more OpenMP threads than free cores stall."""
-        torch.set_num_threads(self.config.threads or max(1, int(self.config.cpus_per_rank)) if shared else self.threads)
+        torch.set_num_threads(self.shared_threads if shared else self.threads)
 
     def endpoint(self) -> tuple[str, int]:
         """Where rank 0 can host the process group's rendezvous: this node's address and a free port."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,6 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 # runs on the same pool (RolloutPool.start).
 ENGINE_FIELDS = frozenset({"workers", "worker_cpus", "threads", "worker_gpus", "resources", "max_restarts", "dtype",
                            "max_total_tokens", "kv_cache_gib", "gpu_memory_utilization", "sleep_during_update"})
+
+
+def thread_counts(threads: int | None, actors: int, reserved_cpus: float) -> tuple[int, int]:
+    """torch threads of an engine or learner rank running alone, and beside the other side (one_step_off):
+    ``threads`` if set, else the machine's cores shared by the ``actors`` of its side, and its reserved CPUs."""
+    if threads:
+        return threads, threads
+    return max(1, (os.cpu_count() or 1) // actors), max(1, int(reserved_cpus))
 
 
 class RewardConfig(BaseModel):

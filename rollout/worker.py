@@ -7,7 +7,6 @@ tokenised, as the chat template's delta after an ``<|im_end|>``; generated text 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ import ray
 import torch
 
 from rollout.chat import IM_END, load_tokenizer
-from rollout.config import RewardConfig, RolloutConfig
+from rollout.config import RewardConfig, RolloutConfig, thread_counts
 from rollout.envs import EnvEpisode, EpisodeResult, Task
 from rollout.formats import get_format
 from rollout.types import ToolCall
@@ -234,7 +233,7 @@ class RolloutWorker:
         self.engine = Engine(model_path, dtype=config.dtype, max_model_len=config.max_total_tokens, seed=seed,
                              kv_cache_gib=config.kv_cache_gib, gpu_memory_utilization=config.gpu_memory_utilization,
                              sleep_mode=config.sleep_during_update)
-        self.threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+        self.threads, self.shared_threads = thread_counts(config.threads, config.workers, config.worker_cpus)
         self.wanted_threads = self.threads  # Ray set as many as the actor's reserved CPUs; taken at each engine call
 
     @ray.method(concurrency_group="cores")
@@ -242,7 +241,7 @@ class RolloutWorker:
         """Beside a learner update (one_step_off), the worker's reserved CPUs: more OpenMP threads than free
         cores stall. A call of its own concurrency group: it lands in the middle of a ``run``, whose next
         engine call takes the new count."""
-        self.wanted_threads = self.config.threads or max(1, int(self.config.worker_cpus)) if shared else self.threads
+        self.wanted_threads = self.shared_threads if shared else self.threads
 
     def start(self, config: RolloutConfig, reward: RewardConfig, version: int | None = None) -> None:
         """The run's sampling, dialog and scoring settings; the engine keeps those ``ENGINE_FIELDS`` name."""
